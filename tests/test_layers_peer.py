@@ -1,0 +1,137 @@
+"""Leaf-layer tests for the product-key experts (PEER) and the isolated-gate adapter (IGMA)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_bigmoe.layers_peer import BigMoeIsolatedGateAdapter, BigMoePEER, BigMoeRMSNorm, quick_gelu
+
+
+def _brute_force(peer: BigMoePEER, gate: torch.Tensor):
+    """Score every expert directly (s_x[i] + s_y[j] for all i, j) and keep the top k per head."""
+    b, n, _ = gate.shape
+    q = peer.to_queries(peer.norm_gate(gate)).view(b, n, 2, peer.heads, peer.key_dim)
+    sx = torch.einsum("bnhe,hKe->bnhK", q[:, :, 0], peer.keys[:, :, 0])
+    sy = torch.einsum("bnhe,hKe->bnhK", q[:, :, 1], peer.keys[:, :, 1])
+    full = (sx.unsqueeze(-1) + sy.unsqueeze(-2)).flatten(-2)  # index = K * i + j
+    return full.topk(peer.experts_per_head, dim=-1)
+
+
+@pytest.mark.parametrize("heads,experts,per_head,topk", [(2, 1600, 2, 2), (3, 64, 3, 4), (1, 16, 1, 1)])
+def test_product_key_selection_equals_brute_force(heads, experts, per_head, topk):
+    torch.manual_seed(1)
+    peer = BigMoePEER(12, gate_dim=10, heads=heads, num_experts=experts, experts_per_head=per_head,
+                      product_key_topk=topk, key_dim=5)
+    gate = torch.randn(3, 7, 10)
+    scores, indices = peer.route(gate)
+    ref_scores, ref_indices = _brute_force(peer, gate)
+    torch.testing.assert_close(scores, ref_scores)
+    assert torch.equal(indices.sort(-1).values, ref_indices.sort(-1).values)
+    assert indices.shape == (3, 7, heads, per_head)
+    assert int(indices.min()) >= 0 and int(indices.max()) < experts
+
+
+def test_peer_output_matches_formula():
+    torch.manual_seed(2)
+    peer = BigMoePEER(6, gate_dim=4, heads=2, num_experts=9, experts_per_head=2, product_key_topk=2, key_dim=2)
+    x, gate = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    out, idx, w = peer(x, gate, return_routing=True)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 5, 2))
+    xh = peer.norm_x(x)
+    expected = torch.zeros_like(x)
+    for bi in range(2):
+        for ni in range(5):
+            for h in range(2):
+                for k in range(2):
+                    e = int(idx[bi, ni, h, k])
+                    a = F.gelu(xh[bi, ni] @ peer.weight_down.weight[e])
+                    expected[bi, ni] += w[bi, ni, h, k] * a * peer.weight_up.weight[e]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_alone_decides_routing():
+    """The router reads only the gate input: changing x leaves the routing unchanged."""
+    torch.manual_seed(3)
+    peer = BigMoePEER(6, gate_dim=4, num_experts=16, key_dim=2)
+    gate = torch.randn(1, 4, 4)
+    _, i1, w1 = peer(torch.randn(1, 4, 6), gate, return_routing=True)
+    _, i2, w2 = peer(torch.randn(1, 4, 6), gate, return_routing=True)
+    assert torch.equal(i1, i2) and torch.equal(w1, w2)
+
+
+def test_rmsnorm_formula():
+    norm = BigMoeRMSNorm(4)
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+    torch.testing.assert_close(norm(x), torch.tensor([[0.6, 0.8, 0.0, 0.0]]) * 2.0)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(num_experts=50), "perfect square"),
+    (dict(product_key_topk=1, experts_per_head=2), "experts_per_head"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(heads=0), "heads"),
+])
+def test_peer_bad_arguments(kwargs, field):
+    base = dict(gate_dim=4, num_experts=16, key_dim=2)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        BigMoePEER(6, **base)
+
+
+def test_peer_bad_shapes():
+    peer = BigMoePEER(6, gate_dim=4, num_experts=16, key_dim=2)
+    with pytest.raises(ValueError, match="gate must be"):
+        peer(torch.randn(2, 3, 6), torch.randn(2, 4, 4))
+
+
+def test_igma_regrouping_and_formula():
+    """C groups the three modalities' r-vectors per location; delta goes back per modality."""
+    torch.manual_seed(4)
+    m, n, hid, r, pd = 3, 4, 10, 2, 5
+    adapter = BigMoeIsolatedGateAdapter(hid, num_modalities=m, bottleneck_dim=r, prompt_dim=pd,
+                                        num_experts=16, key_dim=2, dropout=0.0).eval()
+    x, prompt = torch.randn(2, m * n, hid), torch.randn(2, n, pd)
+    delta, gate = adapter(x, prompt)
+    assert gate.shape == (2, n, 2 * r) and delta.shape == x.shape
+    # by hand
+    c_tok = quick_gelu(adapter.down(x))  # (b, m*n, r)
+    c = torch.cat([c_tok[:, i * n:(i + 1) * n] for i in range(m)], dim=-1)  # (b, n, m*r)
+    g = torch.cat([quick_gelu(adapter.gate_fuse(c)), quick_gelu(adapter.gate_prompt(prompt))], -1)
+    torch.testing.assert_close(gate, g)
+    c_out = adapter.peer(c, g)
+    back = torch.cat([c_out[..., i * r:(i + 1) * r] for i in range(m)], dim=1)
+    torch.testing.assert_close(delta, quick_gelu(adapter.up(back)))
+
+
+def test_igma_zero_up_is_identity_and_prompt_reaches_gate_only():
+    torch.manual_seed(5)
+    adapter = BigMoeIsolatedGateAdapter(8, bottleneck_dim=2, prompt_dim=3, num_experts=16, key_dim=2)
+    adapter.reset_parameters(zero_up=True)
+    x = torch.randn(1, 12, 8)
+    delta, _ = adapter(x, torch.randn(1, 4, 3))
+    assert torch.count_nonzero(delta) == 0
+    # the prompt changes the gate, and through the routing only, the expert output
+    adapter.reset_parameters()
+    adapter.eval()
+    p1, p2 = torch.randn(1, 4, 3), torch.randn(1, 4, 3)
+    _, g1, i1, _ = adapter(x, p1, return_routing=True)
+    _, g2, i2, _ = adapter(x, p2, return_routing=True)
+    assert not torch.allclose(g1[..., 2:], g2[..., 2:])
+    torch.testing.assert_close(g1[..., :2], g2[..., :2])  # the fused half never sees the prompt
+
+
+def test_igma_bad_shapes():
+    adapter = BigMoeIsolatedGateAdapter(8, bottleneck_dim=2, prompt_dim=3, num_experts=16, key_dim=2)
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        adapter(torch.randn(1, 12, 8), torch.randn(1, 5, 3))
+    with pytest.raises(ValueError, match="hidden_states"):
+        adapter(torch.randn(1, 13, 8), torch.randn(1, 4, 3))
+
+
+def test_reference_parameter_count():
+    """Spec §7: PEER ≈ 79 k parameters per block at the reference size."""
+    adapter = BigMoeIsolatedGateAdapter(768)
+    peer = sum(p.numel() for p in adapter.peer.parameters())
+    assert peer == 2 * 1600 * 24 + 2 * 40 * 2 * 8 + 16 * 32 + 24 + 16  # tables, keys, queries, 2 norms
+    assert math.isclose(peer, 79_000, rel_tol=0.02)
