@@ -47,9 +47,14 @@ SPLIT_FILES = {"train": "train", "validation": "val", "test": "test"}
 NPZ_DOMAINS = frozenset({"P"})
 # Channels of a PADISI ``data[0]`` array, per modality (benchmark.md §1).
 NPZ_CHANNELS = {"rgb": (0, 1, 2), "ir": (3,), "depth": (4,)}
-# Attack-type vocabulary used by the collator when none is given: "live" first, then the coarse
-# MMDG types and "spoof" (the real lists carry no attack type, so their attacks are "spoof").
-DEFAULT_ATTACK_TYPES = ("live", "spoof", "print", "replay", "mask", "partial")
+# Attack-type vocabulary used by the collator when none is given: "live" first, "spoof" (the real
+# lists carry no attack type), the coarse types, then the synthetic benchmark's finer species. Append
+# only: the integer codes are the positions in this tuple.
+DEFAULT_ATTACK_TYPES = (
+    "live", "spoof", "print", "replay", "mask", "partial",
+    "print_cut", "print_wrap", "mask_rigid", "mask_silicone", "mask_paper", "mask_mannequin",
+    "partial_funny", "partial_paperglasses",
+)
 
 
 # ---------------------------------------------------------------------------------------------- lists
