@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -34,7 +35,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from hub_fixtures import local_hub  # noqa: F401  (pytest fixture)
+from hub_fixtures import local_hub, local_hub_module  # noqa: F401  (pytest fixtures)
 
 from modeling_bigmoe.testing.local_hub import LFS_THRESHOLD, LocalHub, git_blob_sha1, use_local_hub
 
@@ -363,3 +364,62 @@ def test_trainer_every_save_pushes_each_checkpoint(local_hub, tmp_path):
     for name, value in pulled.state_dict().items():
         assert torch.equal(value, final[name].cpu()), name
     assert not torch.equal(step2.classifier.weight, pulled.classifier.weight)
+
+
+# --------------------------------------------------------------------------- the module-scoped fixture
+def test_module_fixture_first_use(local_hub_module):
+    repo = create_repo("shared").repo_id
+    upload_file(path_or_fileobj=b"kept", path_in_repo="k.txt", repo_id=repo)
+    assert constants.ENDPOINT == local_hub_module.url
+
+
+def test_module_fixture_state_persists(local_hub_module):
+    assert open(hf_hub_download("user/shared", "k.txt"), "rb").read() == b"kept"
+    assert ("POST", "/api/repos/create") in local_hub_module.requests
+
+
+_REMOTE_CODE = '''
+import torch
+from transformers import PreTrainedConfig, PreTrainedModel
+
+
+class TinyRemoteConfig(PreTrainedConfig):
+    model_type = "tiny_remote_hub_test"
+
+    def __init__(self, width=4, **kwargs):
+        self.width = width
+        super().__init__(**kwargs)
+
+
+class TinyRemoteModel(PreTrainedModel):
+    config_class = TinyRemoteConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.proj = torch.nn.Linear(config.width, 2)
+        self.post_init()
+
+    def forward(self, x):
+        return self.proj(x)
+'''
+
+
+def test_trust_remote_code_pull_of_pushed_code(local_hub, tmp_path, monkeypatch):
+    import importlib
+
+    from transformers import AutoModel
+
+    (tmp_path / "tiny_remote_hub_test.py").write_text(_REMOTE_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("tiny_remote_hub_test")
+    module.TinyRemoteConfig.register_for_auto_class()
+    module.TinyRemoteModel.register_for_auto_class("AutoModel")
+    model = module.TinyRemoteModel(module.TinyRemoteConfig(width=4)).eval()
+    model.push_to_hub("tiny-remote")
+    assert "tiny_remote_hub_test.py" in list_repo_files("user/tiny-remote")
+    monkeypatch.delitem(sys.modules, "tiny_remote_hub_test")
+    pulled = AutoModel.from_pretrained("user/tiny-remote", trust_remote_code=True).eval()
+    assert type(pulled).__module__ != "tiny_remote_hub_test"  # loaded from the downloaded code
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(pulled(x), model(x))

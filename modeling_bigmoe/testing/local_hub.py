@@ -70,7 +70,7 @@ LFS_THRESHOLD = 10 * 1024 * 1024  # files at least this large always go through 
 _DEFAULT_GITATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
     for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.onnx", "*.npy", "*.npz",
-                    "*.msgpack", "*.pkl", "*.pickle", "*.gz", "*.zip", "*.tar", "*.parquet", "*.arrow",
+                    "*.msgpack", "*.pkl", "*.gz", "*.zip", "*.tar", "*.parquet", "*.arrow",
                     "*.tflite")
 ).encode()
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
