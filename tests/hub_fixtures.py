@@ -37,7 +37,9 @@ def local_hub_session(cache_dir: Path) -> Iterator[LocalHub]:
     from huggingface_hub import constants
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with LocalHub(user=LOCAL_HUB_USER) as hub, use_local_hub(hub.url), pytest.MonkeyPatch.context() as mp:
+    hub = LocalHub(user=LOCAL_HUB_USER)
+    with hub, use_local_hub(hub.url), pytest.MonkeyPatch.context() as mp:
+        suffix = f"-{hub.url.rsplit(':', 1)[1]}"
         mp.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
         mp.setattr(constants, "HUGGINGFACE_HUB_CACHE", str(cache_dir))
         mp.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -46,7 +48,8 @@ def local_hub_session(cache_dir: Path) -> Iterator[LocalHub]:
         mp.delenv("HF_HUB_OFFLINE", raising=False)
         mp.delenv("TRANSFORMERS_OFFLINE", raising=False)
         yield hub
-    leftover = [t.name for t in threading.enumerate() if t.name.startswith("LocalHub-")]
+    leftover = [t.name for t in threading.enumerate()
+                if t.name.startswith("LocalHub-") and t.name.endswith(suffix)]
     if leftover:
         raise RuntimeError(f"LocalHub left threads running after stop(): {leftover}")
 
