@@ -112,7 +112,8 @@ class FasAugmentation:
 
     def __repr__(self) -> str:
         return (
-            f"FasAugmentation(flip_p={self.flip_p}, noise_std={self.noise_std}, brightness={self.brightness}, "
+            f"FasAugmentation(flip_p={self.flip_p}, noise_std={self.noise_std}, "
+            f"brightness={self.brightness}, "
             f"channel_add={self.channel_add}, gamma={self.gamma}, seed={self.seed})"
         )
 
@@ -156,7 +157,9 @@ class FasAugmentation:
             if batch is None:
                 batch = x.shape[0]
             elif x.shape[0] != batch:
-                raise ValueError(f"batch sizes differ: inputs[{key!r}] has {x.shape[0]} samples, expected {batch}")
+                raise ValueError(
+                    f"batch sizes differ: inputs[{key!r}] has {x.shape[0]} samples, expected {batch}"
+                )
 
         flip = self._rand(batch) < self.flip_p if self.flip_p > 0 else torch.zeros(batch, dtype=torch.bool)
         out = dict(inputs)

@@ -51,9 +51,20 @@ NPZ_CHANNELS = {"rgb": (0, 1, 2), "ir": (3,), "depth": (4,)}
 # lists carry no attack type), the coarse types, then the synthetic benchmark's finer species. Append
 # only: the integer codes are the positions in this tuple.
 DEFAULT_ATTACK_TYPES = (
-    "live", "spoof", "print", "replay", "mask", "partial",
-    "print_cut", "print_wrap", "mask_rigid", "mask_silicone", "mask_paper", "mask_mannequin",
-    "partial_funny", "partial_paperglasses",
+    "live",
+    "spoof",
+    "print",
+    "replay",
+    "mask",
+    "partial",
+    "print_cut",
+    "print_wrap",
+    "mask_rigid",
+    "mask_silicone",
+    "mask_paper",
+    "mask_mannequin",
+    "partial_funny",
+    "partial_paperglasses",
 )
 
 
@@ -122,7 +133,9 @@ def read_list_file(path: str | os.PathLike, domain: str, *, fmt: str | None = No
             )
         label_text = fields[-1]
         if label_text not in ("0", "1"):
-            raise ValueError(f"{path}:{number}: unknown label {label_text!r} (expected 0 = spoof or 1 = live)")
+            raise ValueError(
+                f"{path}:{number}: unknown label {label_text!r} (expected 0 = spoof or 1 = live)"
+            )
         entries.append(ListEntry(domain, tuple(fields[:-1]), int(label_text), path, number))
     return entries
 
@@ -213,7 +226,9 @@ def make_prefix_rule(old_prefix: str, new_prefix: str = "", base: Callable | Non
     """
 
     def rule(data_root: str, entry: ListEntry) -> dict:
-        paths = tuple(new_prefix + p[len(old_prefix):] if p.startswith(old_prefix) else p for p in entry.paths)
+        paths = tuple(
+            new_prefix + p[len(old_prefix) :] if p.startswith(old_prefix) else p for p in entry.paths
+        )
         rewritten = ListEntry(entry.domain, paths, entry.label, entry.list_file, entry.line_number)
         return (base or DEFAULT_PATH_RULES.get(entry.domain, default_path_rule_wmca))(data_root, rewritten)
 
@@ -244,7 +259,11 @@ def video_id_from_path(domain: str, path: str) -> str:
     parts = norm.split("/")
     if domain in NPZ_DOMAINS and norm.lower().endswith(".npz"):
         video = norm[: -len(".npz")]
-    elif domain in NPZ_DOMAINS and len(parts) >= 2 and parts[-1].lower() in ("color.jpg", "depth.jpg", "ir.jpg"):
+    elif (
+        domain in NPZ_DOMAINS
+        and len(parts) >= 2
+        and parts[-1].lower() in ("color.jpg", "depth.jpg", "ir.jpg")
+    ):
         video = "/".join(parts[:-1])
     else:
         anchors = _ANCHORS.get(domain, ("color", "profile", "depth", "ir"))
@@ -259,7 +278,9 @@ def _check_channels(image: Image.Image, modality: str, path: str) -> None:
     bands = len(image.getbands())
     if modality == "rgb":
         if image.mode not in ("RGB", "L"):
-            raise ValueError(f"{path}: RGB image has mode {image.mode!r} ({bands} channels); expected RGB or L")
+            raise ValueError(
+                f"{path}: RGB image has mode {image.mode!r} ({bands} channels); expected RGB or L"
+            )
     elif image.mode not in ("L", "RGB", "I;16", "I;16L", "I;16B"):
         raise ValueError(
             f"{path}: {modality} map has mode {image.mode!r} ({bands} channels); expected 1 channel "
@@ -290,7 +311,9 @@ def _load_npz_array(path: str) -> np.ndarray:
     if not np.isfinite(frame).all():
         raise ValueError(f"{path}: data[0] contains NaN or infinite values")
     if frame.min() < -1e-3 or frame.max() > 1.0 + 1e-3:
-        raise ValueError(f"{path}: data[0] must be floats in 0..1, got range [{frame.min():.4g}, {frame.max():.4g}]")
+        raise ValueError(
+            f"{path}: data[0] must be floats in 0..1, got range [{frame.min():.4g}, {frame.max():.4g}]"
+        )
     return frame
 
 
@@ -401,7 +424,10 @@ class ValidationReport:
             lines += [f"    {where}: {path}" for where, path in self.missing[: self.max_listed]]
         if self.unreadable:
             lines.append(f"  unreadable (first {min(self.max_listed, len(self.unreadable))}):")
-            lines += [f"    {where}: {path} ({reason})" for where, path, reason in self.unreadable[: self.max_listed]]
+            lines += [
+                f"    {where}: {path} ({reason})"
+                for where, path, reason in self.unreadable[: self.max_listed]
+            ]
         if self.size_mismatch:
             lines.append(f"  size mismatch (first {min(self.max_listed, len(self.size_mismatch))}):")
             lines += [f"    {where}: {sizes}" for where, sizes in self.size_mismatch[: self.max_listed]]
@@ -458,14 +484,18 @@ def _rows_from(data) -> tuple[list[dict], list[str]]:
                     f"validate_files needs path columns; column {m!r} holds decoded images "
                     "(validate before decoding, or pass the rows' paths)"
                 )
-        return [{m: cols[m][i] for m in MODALITIES} for i in range(len(raw))], [f"row {i}" for i in range(len(raw))]
+        return [{m: cols[m][i] for m in MODALITIES} for i in range(len(raw))], [
+            f"row {i}" for i in range(len(raw))
+        ]
     rows, wheres = [], []
     for i, item in enumerate(data):
         if isinstance(item, Mapping):
             rows.append({m: item.get(m) for m in MODALITIES})
             wheres.append(str(item.get("where", f"row {i}")))
         else:
-            raise ValueError(f"validate_files: row {i} must be a mapping of modality -> path, got {type(item).__name__}")
+            raise ValueError(
+                f"validate_files: row {i} must be a mapping of modality -> path, got {type(item).__name__}"
+            )
     return rows, wheres
 
 
@@ -550,7 +580,9 @@ def _inside(root: str, path: str) -> bool:
     return os.path.commonpath([root, path]) == root
 
 
-def resolve_entry(data_root: str, entry: ListEntry, rule: Callable[[str, ListEntry], Mapping]) -> dict[str, Any]:
+def resolve_entry(
+    data_root: str, entry: ListEntry, rule: Callable[[str, ListEntry], Mapping]
+) -> dict[str, Any]:
     """Apply a path rule to one entry and build the schema row (paths as strings).
 
     Raises:
@@ -560,7 +592,9 @@ def resolve_entry(data_root: str, entry: ListEntry, rule: Callable[[str, ListEnt
     try:
         resolved = rule(data_root, entry)
     except Exception as err:
-        raise ValueError(f"{entry.where}: path rule {getattr(rule, '__name__', rule)!r} failed: {err}") from err
+        raise ValueError(
+            f"{entry.where}: path rule {getattr(rule, '__name__', rule)!r} failed: {err}"
+        ) from err
     if not isinstance(resolved, Mapping) or not set(MODALITIES) <= set(resolved):
         raise ValueError(
             f"{entry.where}: a path rule must return a mapping with keys rgb, depth, ir; got {resolved!r}"
@@ -672,7 +706,7 @@ def load_mmdg_benchmark(
                 rows.append(resolve_entry(data_root, entry, rules[domain]))
                 wheres.append(entry.where)
         report = validate_files(
-            [{**{m: r[m] for m in MODALITIES}, "where": w} for r, w in zip(rows, wheres)],
+            [{**{m: r[m] for m in MODALITIES}, "where": w} for r, w in zip(rows, wheres, strict=True)],
             mode="skip" if validate == "skip" else ("off" if validate == "off" else "error"),
             check=check,
             progress=progress,
@@ -747,7 +781,9 @@ class FasCollator:
         self.drop_modalities = tuple(drop_modalities)
         self.active = tuple(m for m in MODALITIES if m in self.modalities and m not in self.drop_modalities)
         if not self.active:
-            raise ValueError(f"no modality left: modalities={modalities!r}, drop_modalities={drop_modalities!r}")
+            raise ValueError(
+                f"no modality left: modalities={modalities!r}, drop_modalities={drop_modalities!r}"
+            )
         self.attack_type_names = list(attack_type_names or DEFAULT_ATTACK_TYPES)
         if len(set(self.attack_type_names)) != len(self.attack_type_names):
             raise ValueError(f"attack_type_names has duplicates: {self.attack_type_names}")
@@ -786,7 +822,8 @@ class FasCollator:
         if value not in vocab:
             raise ValueError(
                 f"row {index}: {field_name} {value!r} is not in the collator's vocabulary "
-                f"({len(vocab)} names); pass {field_name}_names or build the collator with FasCollator.from_dataset"
+                f"({len(vocab)} names); pass {field_name}_names or build the collator with "
+                "FasCollator.from_dataset"
             )
         return vocab[value]
 
@@ -817,11 +854,17 @@ class FasCollator:
         out["labels"] = torch.tensor(labels, dtype=torch.long)
         if self.return_metadata:
             out["attack_type"] = torch.tensor(
-                [self._code(row.get("attack_type"), self.attack_type_to_id, "attack_type", i) for i, row in enumerate(rows)],
+                [
+                    self._code(row.get("attack_type"), self.attack_type_to_id, "attack_type", i)
+                    for i, row in enumerate(rows)
+                ],
                 dtype=torch.long,
             )
             out["video_id"] = torch.tensor(
-                [self._code(row.get("video_id"), self.video_id_to_code, "video_id", i) for i, row in enumerate(rows)],
+                [
+                    self._code(row.get("video_id"), self.video_id_to_code, "video_id", i)
+                    for i, row in enumerate(rows)
+                ],
                 dtype=torch.long,
             )
         return out

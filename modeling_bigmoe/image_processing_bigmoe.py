@@ -184,7 +184,9 @@ class BigMoeImageProcessor(BaseImageProcessor):
         self.size = self._size_dict(224 if size is None else size)
         resample = int(getattr(resample, "value", resample))
         if resample not in _RESAMPLE_TO_TORCH:
-            raise ValueError(f"resample must be one of {sorted(_RESAMPLE_TO_TORCH)} (PIL codes), got {resample}")
+            raise ValueError(
+                f"resample must be one of {sorted(_RESAMPLE_TO_TORCH)} (PIL codes), got {resample}"
+            )
         self.resample = resample
         # Kept for compatibility with transformers' attribute names: inputs are always rescaled to 0..1
         # by their dtype's range, so only the default factor is meaningful.
@@ -283,12 +285,15 @@ class BigMoeImageProcessor(BaseImageProcessor):
             data = image.detach().cpu()
         else:
             raise ValueError(
-                f"{where}: expected a PIL image, numpy array, torch tensor or file path, got {type(image).__name__}"
+                f"{where}: expected a PIL image, numpy array, torch tensor or file path, "
+                f"got {type(image).__name__}"
             )
         if data.ndim == 2:
             data = data[None] if is_torch else data[..., None]
         if data.ndim != 3:
-            raise ValueError(f"{where}: expected a 2-D or 3-D {modality} image, got shape {tuple(data.shape)}")
+            raise ValueError(
+                f"{where}: expected a 2-D or 3-D {modality} image, got shape {tuple(data.shape)}"
+            )
         # Channel axis: torch tensors are read channels-first when ambiguous, numpy arrays channels-last.
         first, last = data.shape[0], data.shape[-1]
         if is_torch:
@@ -344,7 +349,9 @@ class BigMoeImageProcessor(BaseImageProcessor):
                 return list(images)
             if images.ndim in (2, 3):
                 return [images]
-            raise ValueError(f"{arg}: expected a 2-D, 3-D or 4-D (batched) array, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"{arg}: expected a 2-D, 3-D or 4-D (batched) array, got shape {tuple(images.shape)}"
+            )
         if isinstance(images, (list, tuple)):
             return list(images)
         raise ValueError(
@@ -402,7 +409,10 @@ class BigMoeImageProcessor(BaseImageProcessor):
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         do_face_crop = self.do_face_crop if do_face_crop is None else do_face_crop
 
-        lists = {arg: self._as_list(v, arg) for arg, v in zip(MODALITY_ARGS, (images, depth_images, ir_images))}
+        lists = {
+            arg: self._as_list(v, arg)
+            for arg, v in zip(MODALITY_ARGS, (images, depth_images, ir_images), strict=True)
+        }
         given = {arg: len(v) for arg, v in lists.items() if v is not None}
         if not given:
             raise ValueError("at least one of images, depth_images, ir_images must be given")
@@ -414,7 +424,9 @@ class BigMoeImageProcessor(BaseImageProcessor):
 
         mask = torch.ones(batch, 3, dtype=torch.bool)
         if modality_mask is not None:
-            m = torch.as_tensor(np.asarray(modality_mask) if not isinstance(modality_mask, torch.Tensor) else modality_mask)
+            m = torch.as_tensor(
+                np.asarray(modality_mask) if not isinstance(modality_mask, torch.Tensor) else modality_mask
+            )
             if tuple(m.shape) != (batch, 3):
                 raise ValueError(f"modality_mask must have shape ({batch}, 3), got {tuple(m.shape)}")
             mask &= m.bool().cpu()
@@ -503,9 +515,9 @@ class BigMoeImageProcessor(BaseImageProcessor):
                 if img is None:
                     continue
                 ih, iw = img.shape[-2:]
-                y0, y1 = int(math.floor(t * ih)), int(math.ceil(b * ih))
-                x0, x1 = int(math.floor(l_ * iw)), int(math.ceil(r * iw))
-                raw[j][i] = img[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].contiguous()
+                y0, y1 = math.floor(t * ih), math.ceil(b * ih)
+                x0, x1 = math.floor(l_ * iw), math.ceil(r * iw)
+                raw[j][i] = img[:, y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)].contiguous()
 
 
 __all__ = ["BigMoeImageProcessor", "detect_face_box", "CLIP_MEAN", "CLIP_STD"]

@@ -15,7 +15,12 @@ def _batch(b=4, h=6, w=5, seed=1):
     rgb = torch.rand(b, 3, h, w, generator=g) * 0.8 + 0.1
     depth = (torch.rand(b, 1, h, w, generator=g) * 0.8 + 0.1).expand(b, 3, h, w).contiguous()
     ir = (torch.rand(b, 1, h, w, generator=g) * 0.8 + 0.1).expand(b, 3, h, w).contiguous()
-    return {"pixel_values": rgb, "depth_pixel_values": depth, "ir_pixel_values": ir, "modality_mask": torch.ones(b, 3, dtype=torch.bool)}
+    return {
+        "pixel_values": rgb,
+        "depth_pixel_values": depth,
+        "ir_pixel_values": ir,
+        "modality_mask": torch.ones(b, 3, dtype=torch.bool),
+    }
 
 
 def test_same_seed_same_output_and_stream_advances():
@@ -40,8 +45,8 @@ def test_never_in_place_and_passthrough():
     x = _batch()
     copies = {k: v.clone() for k, v in x.items()}
     out = FasAugmentation(seed=0)(x)
-    for k in copies:
-        assert torch.equal(x[k], copies[k])
+    for k, v in copies.items():
+        assert torch.equal(x[k], v)
     assert out["pixel_values"].data_ptr() != x["pixel_values"].data_ptr()
     assert out["modality_mask"] is x["modality_mask"]
     identity = FasAugmentation(**OFF, clamp=False, seed=0)(x)
@@ -144,9 +149,15 @@ def test_dataloader_worker_reseeds(monkeypatch):
     [
         ([torch.zeros(1, 3, 2, 2)], "inputs must be a dict"),
         ({"labels": torch.zeros(2)}, "inputs hold no modality tensor"),
-        ({"rgb": torch.zeros(2, 1, 4, 4)}, r"inputs\['rgb'\] must be a \(b, 3, H, W\) tensor, got \(2, 1, 4, 4\)"),
+        (
+            {"rgb": torch.zeros(2, 1, 4, 4)},
+            r"inputs\['rgb'\] must be a \(b, 3, H, W\) tensor, got \(2, 1, 4, 4\)",
+        ),
         ({"rgb": torch.zeros(2, 3, 4, 4, dtype=torch.uint8)}, "must be a float tensor"),
-        ({"rgb": torch.zeros(2, 3, 4, 4), "ir": torch.zeros(3, 3, 4, 4)}, r"inputs\['ir'\] has 3 samples, expected 2"),
+        (
+            {"rgb": torch.zeros(2, 3, 4, 4), "ir": torch.zeros(3, 3, 4, 4)},
+            r"inputs\['ir'\] has 3 samples, expected 2",
+        ),
     ],
 )
 def test_bad_inputs(inputs, message):

@@ -31,7 +31,9 @@ def test_matches_processor_and_codes():
     processor = BigMoeImageProcessor(size=4, fill_value=-3.0)
     out = FasCollator(processor)(rows)
     ref = processor(
-        images=[r["rgb"] for r in rows], depth_images=[r["depth"] for r in rows], ir_images=[r["ir"] for r in rows]
+        images=[r["rgb"] for r in rows],
+        depth_images=[r["depth"] for r in rows],
+        ir_images=[r["ir"] for r in rows],
     )
     for key in ("pixel_values", "depth_pixel_values", "ir_pixel_values", "modality_mask"):
         assert torch.equal(out[key], ref[key])
@@ -43,7 +45,15 @@ def test_matches_processor_and_codes():
     assert out["video_id"].tolist() == [video_id_code("W/a"), video_id_code("W/b"), video_id_code("W/a")]
     assert out["video_id"][0] == out["video_id"][2] != out["video_id"][1] and out["video_id"].min() >= 0
     assert sorted(out) == sorted(
-        ["pixel_values", "depth_pixel_values", "ir_pixel_values", "modality_mask", "labels", "attack_type", "video_id"]
+        [
+            "pixel_values",
+            "depth_pixel_values",
+            "ir_pixel_values",
+            "modality_mask",
+            "labels",
+            "attack_type",
+            "video_id",
+        ]
     )
     plain = FasCollator(processor, return_metadata=False)(rows)
     assert "attack_type" not in plain and "video_id" not in plain
@@ -67,7 +77,9 @@ def test_augmentation_between_rescale_and_normalisation():
     processor = BigMoeImageProcessor(size=5, fill_value=0.0)
     out = FasCollator(processor, augmentation=FasAugmentation(seed=4))(rows)
     raw = processor(
-        images=[r["rgb"] for r in rows], depth_images=[r["depth"] for r in rows], ir_images=[r["ir"] for r in rows],
+        images=[r["rgb"] for r in rows],
+        depth_images=[r["depth"] for r in rows],
+        ir_images=[r["ir"] for r in rows],
         do_normalize=False,
     )
     expected = processor.normalize_modalities(FasAugmentation(seed=4)(dict(raw)))
@@ -91,7 +103,9 @@ def test_end_to_end_with_loader_and_dataloader(tmp_path):
     raw = dsd["test"].with_format(None)
     codes = torch.cat([b["video_id"] for b in batches]).tolist()
     assert [collator.video_id_names[c] for c in codes] == raw["video_id"]
-    assert torch.cat([b["attack_type"] for b in batches]).tolist() == [0 if lab == 1 else 1 for lab in raw["label"]]
+    assert torch.cat([b["attack_type"] for b in batches]).tolist() == [
+        0 if lab == 1 else 1 for lab in raw["label"]
+    ]
     assert all(b["modality_mask"].all() and b["pixel_values"].shape[1:] == (3, 8, 8) for b in batches)
 
 
@@ -105,9 +119,17 @@ def test_synthetic_attack_types_are_in_the_default_vocabulary():
     "rows, kwargs, message",
     [
         ([], {}, "empty batch"),
-        ([{**_row(1, "live", "W/a"), "label": 2}], {}, r"row 0: label must be 0 \(spoof\) or 1 \(live\), got 2"),
+        (
+            [{**_row(1, "live", "W/a"), "label": 2}],
+            {},
+            r"row 0: label must be 0 \(spoof\) or 1 \(live\), got 2",
+        ),
         ([{k: v for k, v in _row(1, "live", "W/a").items() if k != "label"}], {}, "row 0: no 'label' field"),
-        ([_row(1, "live", "W/a"), _row(0, "deepfake", "W/b")], {}, r"row 1: attack_type 'deepfake' is not in the collator's vocabulary"),
+        (
+            [_row(1, "live", "W/a"), _row(0, "deepfake", "W/b")],
+            {},
+            r"row 1: attack_type 'deepfake' is not in the collator's vocabulary",
+        ),
         ([_row(1, "live", "W/zzz")], {"video_id_names": ["W/a"]}, r"row 0: video_id 'W/zzz' is not in"),
     ],
 )

@@ -67,8 +67,19 @@ def build_tree(root, lists):
         rgb_only = c_spoof.split()[0]
         _write_list(os.path.join(lists, f"C-{split}.txt"), [c_live, f"{rgb_only} - - 0"])
         # S (SURF CROP): .../<subject>/<video>.rssdk/color/<frame>
-        s_live = _triplet(root, "SURF", f"Training/real_part/CLKJ_{split}/real.rssdk", 31, "color", 1, 50 + split_i, "jpg")
-        s_spoof = _triplet(root, "SURF", f"Training/fake_part/CLKJ_{split}/04_enm_b.rssdk", 5, "color", 0, 60 + split_i, "jpg")
+        s_live = _triplet(
+            root, "SURF", f"Training/real_part/CLKJ_{split}/real.rssdk", 31, "color", 1, 50 + split_i, "jpg"
+        )
+        s_spoof = _triplet(
+            root,
+            "SURF",
+            f"Training/fake_part/CLKJ_{split}/04_enm_b.rssdk",
+            5,
+            "color",
+            0,
+            60 + split_i,
+            "jpg",
+        )
         _write_list(os.path.join(lists, f"S-{split}.txt"), [s_live, s_spoof])
         # P (PADISI): a raw .npz (live) and an exported <stem>/{color,depth,ir}.jpg (spoof); tab-separated.
         os.makedirs(os.path.join(root, "PADISI"), exist_ok=True)
@@ -91,7 +102,10 @@ def tree(tmp_path):
 # ------------------------------------------------------------------------------------------ list files
 def test_read_list_file_crlf_bom_tabs_and_line_numbers(tmp_path):
     path = tmp_path / "W-train.txt"
-    path.write_bytes(b"\xef\xbb\xbfa/color/1.jpg a/depth/1.jpg a/ir/1.jpg 1\r\n\r\nb/color/2.jpg\tb/depth/2.jpg\tb/ir/2.jpg\t0\r\n")
+    path.write_bytes(
+        b"\xef\xbb\xbfa/color/1.jpg a/depth/1.jpg a/ir/1.jpg 1\r\n\r\n"
+        b"b/color/2.jpg\tb/depth/2.jpg\tb/ir/2.jpg\t0\r\n"
+    )
     rows = read_list_file(path, "W")
     assert [(r.paths, r.label, r.line_number) for r in rows] == [
         (("a/color/1.jpg", "a/depth/1.jpg", "a/ir/1.jpg"), 1, 1),
@@ -132,7 +146,11 @@ def test_read_list_file_missing(tmp_path):
         ("W", "/abs/WMCA/100_03_015/depth/3.jpg", "W/abs/WMCA/100_03_015"),
         ("C", "./3_499_1_1_1/profile/0007.jpg", "C/3_499_1_1_1"),
         ("C", "3_499_1_1_1\\profile\\0007.jpg", "C/3_499_1_1_1"),
-        ("S", "Training/real_part/CLKJ_AS0005/real.rssdk/color/31.jpg", "S/Training/real_part/CLKJ_AS0005/real.rssdk"),
+        (
+            "S",
+            "Training/real_part/CLKJ_AS0005/real.rssdk/color/31.jpg",
+            "S/Training/real_part/CLKJ_AS0005/real.rssdk",
+        ),
         ("P", "PADISI/sub/abc_12.npz", "P/PADISI/sub/abc_12"),
         ("P", "PADISI/abc_12/color.jpg", "P/PADISI/abc_12"),
         ("X", "some/folder/frame.png", "X/some/folder"),
@@ -201,7 +219,8 @@ def test_missing_and_corrupt_files_error_skip_off(tree):
     root, lists = tree
     os.remove(os.path.join(root, "WMCA/grandtest/train_spoof/ir/2.jpg"))
     corrupt = os.path.join(root, "SURF/Training/real_part/CLKJ_train/real.rssdk/color/31.jpg")
-    data = open(corrupt, "rb").read()
+    with open(corrupt, "rb") as handle:
+        data = handle.read()
     with open(corrupt, "wb") as handle:
         handle.write(data[: len(data) // 2])  # truncated: the header parses, the pixels do not
     with pytest.raises(DataValidationError) as info:
@@ -226,11 +245,12 @@ def test_missing_and_corrupt_files_error_skip_off(tree):
 
 
 def test_check_levels(tree):
-    root, lists = tree
+    root, _ = tree
     truncated = os.path.join(root, "WMCA/grandtest/test_spoof/color/2.jpg")
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(truncated)  # big enough that half the file is past the headers
-    data = open(truncated, "rb").read()
+    with open(truncated, "rb") as handle:
+        data = handle.read()
     with open(truncated, "wb") as handle:
         handle.write(data[: len(data) // 2])
     garbage = os.path.join(root, "WMCA/grandtest/test_spoof/depth/2.jpg")
@@ -284,7 +304,9 @@ def test_empty_split_and_missing_list(tree):
     with pytest.raises(ValueError, match=r"S-test.txt: empty list \(split 'test', domain 'S'\)"):
         load_mmdg_benchmark(root, lists, progress=False)
     with pytest.raises(FileNotFoundError, match="Q-train.txt"):
-        load_mmdg_benchmark(root, lists, domains=("Q",), path_rules={"Q": default_path_rule_cefa}, progress=False)
+        load_mmdg_benchmark(
+            root, lists, domains=("Q",), path_rules={"Q": default_path_rule_cefa}, progress=False
+        )
     with pytest.raises(ValueError, match=r"no path rule for domains \['Q'\]"):
         load_mmdg_benchmark(root, lists, domains=("Q",), progress=False)
 
@@ -294,17 +316,27 @@ def test_user_path_rule_replaces_default(tree):
     # The authors' lists name a foreign drive; a prefix rule maps it into data_root.
     for split in ("train", "val", "test"):
         path = os.path.join(lists, f"W-{split}.txt")
-        lines = open(path, newline="").read().split("\r\n")
+        with open(path, newline="") as handle:
+            lines = handle.read().split("\r\n")
         fixed = []
         for line in filter(None, lines):
             *paths, label = line.split()
-            paths = ["/mnt/lab_drive/" + os.path.relpath(p, root) if os.path.isabs(p) else "/mnt/lab_drive/" + p for p in paths]
+            paths = [
+                "/mnt/lab_drive/" + os.path.relpath(p, root) if os.path.isabs(p) else "/mnt/lab_drive/" + p
+                for p in paths
+            ]
             fixed.append(" ".join(paths + [label]))
         _write_list(path, fixed)
-    with pytest.raises(ValueError, match="W-train.txt:1: rgb path '/mnt/lab_drive/WMCA.*outside the data root"):
+    with pytest.raises(
+        ValueError, match="W-train.txt:1: rgb path '/mnt/lab_drive/WMCA.*outside the data root"
+    ):
         load_mmdg_benchmark(root, lists, domains=("W",), progress=False)
-    dsd = load_mmdg_benchmark(root, lists, domains=("W",), path_rules={"W": make_prefix_rule("/mnt/lab_drive/")}, progress=False)
-    assert dsd["test"].with_format(None)["rgb"][1] == os.path.join(root, "WMCA/grandtest/test_spoof/color/2.jpg")
+    dsd = load_mmdg_benchmark(
+        root, lists, domains=("W",), path_rules={"W": make_prefix_rule("/mnt/lab_drive/")}, progress=False
+    )
+    assert dsd["test"].with_format(None)["rgb"][1] == os.path.join(
+        root, "WMCA/grandtest/test_spoof/color/2.jpg"
+    )
     assert np.asarray(dsd["test"][1]["ir"])[1, 1] == 24
 
     calls = []
@@ -312,7 +344,13 @@ def test_user_path_rule_replaces_default(tree):
     def my_rule(data_root, entry: ListEntry):
         calls.append(entry.line_number)
         rel = entry.paths[0].replace("/mnt/lab_drive/", "")
-        return {"rgb": rel, "depth": None, "ir": None, "video_id": f"W/custom{entry.line_number}", "attack_type": "mask"}
+        return {
+            "rgb": rel,
+            "depth": None,
+            "ir": None,
+            "video_id": f"W/custom{entry.line_number}",
+            "attack_type": "mask",
+        }
 
     dsd = load_mmdg_benchmark(root, lists, domains=("W",), path_rules={"W": my_rule}, progress=False)
     raw = dsd["train"].with_format(None)
@@ -345,7 +383,9 @@ def test_validate_files_on_a_dataset(tree):
 def test_size_mismatch_is_reported_not_fatal(tmp_path):
     _img(str(tmp_path / "a.png"), "RGB", 1, size=8)
     _img(str(tmp_path / "b.png"), "L", 1, size=6)
-    report = validate_files([{"rgb": str(tmp_path / "a.png"), "depth": str(tmp_path / "b.png"), "ir": None}], "error")
+    report = validate_files(
+        [{"rgb": str(tmp_path / "a.png"), "depth": str(tmp_path / "b.png"), "ir": None}], "error"
+    )
     assert report.ok and report.size_mismatch == [("row 0", "{'rgb': (8, 8), 'depth': (6, 6)}")]
 
 

@@ -33,10 +33,14 @@ def test_clip_and_fas127_values_by_hand():
             assert clip[c, 0, x].item() == pytest.approx(expected, abs=1e-6)
     fas = BigMoeImageProcessor(do_resize=False, normalization="fas127")(images=arr)["pixel_values"][0]
     assert fas[:, 0, 0].tolist() == pytest.approx([-127.5 / 128, 0.5 / 128, 127.5 / 128], abs=1e-6)
-    assert fas[:, 0, 1].tolist() == pytest.approx([(10 - 127.5) / 128, (20 - 127.5) / 128, (30 - 127.5) / 128], abs=1e-6)
+    assert fas[:, 0, 1].tolist() == pytest.approx(
+        [(10 - 127.5) / 128, (20 - 127.5) / 128, (30 - 127.5) / 128], abs=1e-6
+    )
     raw = BigMoeImageProcessor(do_resize=False, normalization="none")(images=arr)["pixel_values"][0]
     assert raw[:, 0, 0].tolist() == pytest.approx([0.0, 128 / 255, 1.0], abs=1e-7)
-    custom = BigMoeImageProcessor(do_resize=False, normalization="custom", image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    custom = BigMoeImageProcessor(
+        do_resize=False, normalization="custom", image_mean=[0.5] * 3, image_std=[0.25] * 3
+    )
     assert custom(images=arr)["pixel_values"][0, 2, 0, 0].item() == pytest.approx((1.0 - 0.5) / 0.25)
 
 
@@ -50,7 +54,10 @@ def test_single_channel_repeated_and_input_kinds_agree(tmp_path):
         dict(images=rgb, depth_images=gray),
         dict(images=np.moveaxis(rgb, -1, 0), depth_images=gray[..., None]),
         dict(images=torch.from_numpy(rgb).permute(2, 0, 1), depth_images=torch.from_numpy(gray)[None]),
-        dict(images=torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, depth_images=gray.astype(np.float64) / 255),
+        dict(
+            images=torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+            depth_images=gray.astype(np.float64) / 255,
+        ),
         dict(images=str(tmp_path / "rgb.png"), depth_images=(gray.astype(np.uint16) * 257)),
         dict(images=[rgb], depth_images=Image.fromarray(gray.astype(np.uint16) * 257)),
         dict(images=rgb[None], depth_images=[gray]),
@@ -61,7 +68,9 @@ def test_single_channel_repeated_and_input_kinds_agree(tmp_path):
             torch.testing.assert_close(out[key], ref[key], atol=1e-5, rtol=0)
     d = ref["depth_pixel_values"][0]
     # one channel repeated, then normalised with each channel's CLIP statistics
-    torch.testing.assert_close((d[0] * CLIP_STD[0] + CLIP_MEAN[0]), (d[2] * CLIP_STD[2] + CLIP_MEAN[2]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        (d[0] * CLIP_STD[0] + CLIP_MEAN[0]), (d[2] * CLIP_STD[2] + CLIP_MEAN[2]), atol=1e-6, rtol=0
+    )
 
 
 @pytest.mark.parametrize("src, dst", [((40, 30), (16, 16)), ((8, 8), (20, 12)), ((33, 17), (33, 17))])
@@ -71,7 +80,12 @@ def test_bilinear_resize_matches_pil(src, dst):
     ours = p(images=arr)["pixel_values"][0].permute(1, 2, 0).numpy() * 255
     # PIL's float mode "F" resizes without rounding, so the comparison can be tight
     pil = np.stack(
-        [np.asarray(Image.fromarray(arr[..., c].astype(np.float32)).resize((dst[1], dst[0]), Image.BILINEAR)) for c in range(3)],
+        [
+            np.asarray(
+                Image.fromarray(arr[..., c].astype(np.float32)).resize((dst[1], dst[0]), Image.BILINEAR)
+            )
+            for c in range(3)
+        ],
         axis=-1,
     )
     assert ours.shape == pil.shape
@@ -112,19 +126,47 @@ def test_normalize_modalities_is_out_of_place():
 @pytest.mark.parametrize(
     "kwargs, exc, message",
     [
-        (dict(images=_rgb(), depth_images=np.zeros((6, 5, 4), np.uint8)), ValueError, r"depth_images\[0\]: depth image has 4 channels"),
-        (dict(images=_rgb(), depth_images=Image.new("RGBA", (5, 6))), ValueError, r"depth_images\[0\]: .*4 channels \(mode 'RGBA'\)"),
-        (dict(images=_rgb(), ir_images=torch.zeros(4, 6, 5)), ValueError, r"ir_images\[0\]: ir image has 4 channels"),
+        (
+            dict(images=_rgb(), depth_images=np.zeros((6, 5, 4), np.uint8)),
+            ValueError,
+            r"depth_images\[0\]: depth image has 4 channels",
+        ),
+        (
+            dict(images=_rgb(), depth_images=Image.new("RGBA", (5, 6))),
+            ValueError,
+            r"depth_images\[0\]: .*4 channels \(mode 'RGBA'\)",
+        ),
+        (
+            dict(images=_rgb(), ir_images=torch.zeros(4, 6, 5)),
+            ValueError,
+            r"ir_images\[0\]: ir image has 4 channels",
+        ),
         (dict(images=Image.new("P", (5, 6))), ValueError, r"images\[0\]: unsupported PIL mode 'P'"),
         (dict(images=Image.new("CMYK", (5, 6))), ValueError, r"images\[0\]: .*4 channels \(mode 'CMYK'\)"),
-        (dict(images=[_rgb(), _rgb()], depth_images=[_rgb()[..., 0]]), ValueError, r"batch sizes differ between modalities: \{'images': 2, 'depth_images': 1\}"),
-        (dict(images=_rgb(), ir_images=np.full((6, 5), np.nan)), ValueError, r"ir_images\[0\]: ir image contains NaN"),
-        (dict(images=np.full((6, 5, 3), 2.0)), ValueError, r"images\[0\]: float rgb image must lie in \[0, 1\], got range \[2, 2\]"),
+        (
+            dict(images=[_rgb(), _rgb()], depth_images=[_rgb()[..., 0]]),
+            ValueError,
+            r"batch sizes differ between modalities: \{'images': 2, 'depth_images': 1\}",
+        ),
+        (
+            dict(images=_rgb(), ir_images=np.full((6, 5), np.nan)),
+            ValueError,
+            r"ir_images\[0\]: ir image contains NaN",
+        ),
+        (
+            dict(images=np.full((6, 5, 3), 2.0)),
+            ValueError,
+            r"images\[0\]: float rgb image must lie in \[0, 1\], got range \[2, 2\]",
+        ),
         (dict(images=np.zeros((6, 5, 3), np.int64)), ValueError, r"images\[0\]: unsupported dtype int64"),
         (dict(images="/nonexistent/face.png"), FileNotFoundError, r"images\[0\]: image file not found"),
         (dict(images=None), ValueError, "at least one of images, depth_images, ir_images"),
         (dict(images=[]), ValueError, "empty batch"),
-        (dict(images=_rgb(), modality_mask=[[1, 1]]), ValueError, r"modality_mask must have shape \(1, 3\), got \(1, 2\)"),
+        (
+            dict(images=_rgb(), modality_mask=[[1, 1]]),
+            ValueError,
+            r"modality_mask must have shape \(1, 3\), got \(1, 2\)",
+        ),
         (dict(images=_rgb(), return_tensors="tf"), ValueError, "return_tensors must be 'pt' or 'np'"),
     ],
 )
@@ -163,7 +205,9 @@ def test_save_load_roundtrip_and_auto(tmp_path):
     assert q.to_dict() == p.to_dict()
     x = _rgb(9, 9)
     torch.testing.assert_close(q(images=x)["pixel_values"], p(images=x)["pixel_values"])
-    AutoImageProcessor.register(_TinyFasConfig, image_processor_classes={"pil": BigMoeImageProcessor}, exist_ok=True)
+    AutoImageProcessor.register(
+        _TinyFasConfig, image_processor_classes={"pil": BigMoeImageProcessor}, exist_ok=True
+    )
     r = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(r) is BigMoeImageProcessor and r.to_dict() == p.to_dict()
 
@@ -178,7 +222,12 @@ def test_face_crop_on_astronaut():
     out = p(images=astro, depth_images=depth)
     # brute force: the same box, grown by 25 % per side and squared, cropped by hand
     cy, cx, half = top + h / 2, left + w / 2, max(h, w) * 0.75
-    t, b, l_, r = int(np.floor(cy - half)), int(np.ceil(cy + half)), int(np.floor(cx - half)), int(np.ceil(cx + half))
+    t, b, l_, r = (
+        int(np.floor(cy - half)),
+        int(np.ceil(cy + half)),
+        int(np.floor(cx - half)),
+        int(np.ceil(cx + half)),
+    )
     plain = BigMoeImageProcessor(size=32, normalization="none")
     expected = plain(images=astro[t:b, l_:r])["pixel_values"]
     torch.testing.assert_close(out["pixel_values"], expected)
