@@ -53,22 +53,22 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 __all__ = [
-    "LIVE",
     "ATTACK",
-    "check_labels_scores",
-    "operating_points",
-    "apcer_bpcer",
-    "auc",
-    "eer",
-    "hter",
-    "select_threshold",
-    "apcer_per_attack",
-    "bpcer_at_apcer",
-    "tpr_at_fpr",
+    "LIVE",
     "aggregate_by_video",
+    "apcer_bpcer",
+    "apcer_per_attack",
+    "auc",
+    "bpcer_at_apcer",
+    "check_labels_scores",
     "compute_fas_metrics",
+    "eer",
     "format_results_table",
+    "hter",
+    "operating_points",
     "roc_det_plot",
+    "select_threshold",
+    "tpr_at_fpr",
 ]
 
 LIVE = 1
@@ -93,7 +93,9 @@ def _as_1d(name: str, values: Any, dtype=None) -> np.ndarray:
     return arr
 
 
-def check_labels_scores(labels: Any, scores: Any, *, need_both_classes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def check_labels_scores(
+    labels: Any, scores: Any, *, need_both_classes: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert ``labels`` (0 = attack, 1 = live) and ``scores`` (P(live)) to numpy.
 
     Returns ``(labels as int64, scores as float64)``. Raises ``ValueError`` for different lengths,
@@ -273,12 +275,14 @@ def tpr_at_fpr(labels: Any, scores: Any, fpr: float) -> float:
 def _check_attack_types(lab: np.ndarray, attack_types: Any) -> np.ndarray:
     types = _as_1d("attack_types", attack_types, dtype=object)
     if types.shape != lab.shape:
-        raise ValueError(f"attack_types and labels differ in length: attack_types {types.shape}, labels {lab.shape}")
-    for i, (y, t) in enumerate(zip(lab, types)):
+        raise ValueError(
+            f"attack_types and labels differ in length: attack_types {types.shape}, labels {lab.shape}")
+    for i, (y, t) in enumerate(zip(lab, types, strict=True)):
         if not isinstance(t, str) or not t:
             raise ValueError(f"attack_types[{i}] must be a non-empty string, got {t!r}")
         if y == LIVE and t != "live":
-            raise ValueError(f"attack_types[{i}] is {t!r} but labels[{i}] is 1 (live); live rows must be 'live'")
+            raise ValueError(
+                f"attack_types[{i}] is {t!r} but labels[{i}] is 1 (live); live rows must be 'live'")
         if y == ATTACK and t in _RESERVED_ATTACK_NAMES:
             raise ValueError(f"attack_types[{i}] is {t!r} but labels[{i}] is 0 (attack); "
                              f"attack types may not be named {sorted(_RESERVED_ATTACK_NAMES)}")
@@ -298,7 +302,8 @@ def apcer_per_attack(labels: Any, scores: Any, attack_types: Any, threshold: flo
     if not attack.any():
         raise ValueError(f"apcer_per_attack: no attack samples among {lab.size} (labels all 1)")
     accepted = sco >= thr
-    return {str(t): float(accepted[attack & (types == t)].mean()) for t in sorted(set(types[attack].tolist()))}
+    names = sorted(set(types[attack].tolist()))
+    return {str(t): float(accepted[attack & (types == t)].mean()) for t in names}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +442,7 @@ _PRETTY = {
 
 
 def _is_rate_key(key: str) -> bool:
-    base = key[len("oracle_"):] if key.startswith("oracle_") else key
+    base = key.removeprefix("oracle_")
     if base.endswith("threshold"):
         return False
     return base in _RATE_KEYS or base.startswith(("apcer_", "bpcer", "tpr_at_fpr"))
@@ -495,7 +500,7 @@ def format_results_table(
         raise ValueError("format_results_table: rows is empty")
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise ValueError(f"format_results_table: rows[{i}] must be a dict, got {type(row).__name__}")
+            raise ValueError(f"format_results_table: rows[{i}] must be a dict, got {type(row).__name__}")  # noqa: TRY004
     if columns is None:
         columns = list(dict.fromkeys(k for row in rows for k in row))
     columns = list(columns)
@@ -529,7 +534,7 @@ def roc_det_plot(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"roc_det_plot: path must end in .png, got {str(path)!r}")
-    thr, apcer, bpcer = operating_points(lab, sco)
+    _, apcer, bpcer = operating_points(lab, sco)
     # ROC from (1, 1) down to (0, 0): thresholds ascending means FPR descending
     fpr, tpr = apcer, 1.0 - bpcer
     area = auc(lab, sco)
@@ -547,7 +552,10 @@ def roc_det_plot(
     ax_roc.set_title("ROC (live positive)")
 
     eps = 1e-4  # clip 0 and 1 for the probit axes
-    to_dev = lambda r: norm.ppf(np.clip(r, eps, 1 - eps))  # noqa: E731
+
+    def to_dev(rate):
+        return norm.ppf(np.clip(rate, eps, 1 - eps))
+
     ax_det.plot(to_dev(apcer), to_dev(bpcer), lw=1.6, label=f"DET (EER {100 * eer_value:.2f} %)")
     ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99])
     ax_det.set_xticks(to_dev(ticks))

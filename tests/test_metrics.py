@@ -203,8 +203,8 @@ def _brute(labels, scores):
     cands = sorted(set(scores.tolist())) + [np.nextafter(scores.max(), np.inf)]
     pts = []
     for t in cands:
-        a = sum(1 for y, s in zip(labels, scores) if y == 0 and s >= t) / (labels == 0).sum()
-        b = sum(1 for y, s in zip(labels, scores) if y == 1 and s < t) / (labels == 1).sum()
+        a = sum(1 for y, s in zip(labels, scores, strict=True) if y == 0 and s >= t) / (labels == 0).sum()
+        b = sum(1 for y, s in zip(labels, scores, strict=True) if y == 1 and s < t) / (labels == 1).sum()
         pts.append((t, a, b))
     return pts
 
@@ -228,7 +228,7 @@ def test_against_brute_force_and_sklearn(seed):
     assert abs(a - b) == pytest.approx(gap) and value == pytest.approx((a + b) / 2)
     # AUC: Mann-Whitney with ties 1/2
     live, att = scores[labels == 1], scores[labels == 0]
-    mw = np.mean([(l > s) + 0.5 * (l == s) for l in live for s in att])
+    mw = np.mean([(v > s) + 0.5 * (v == s) for v in live for s in att])
     assert auc(labels, scores) == pytest.approx(mw)
     # TPR@FPR <= x equals the best TPR over sklearn's ROC points (same >= convention)
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
