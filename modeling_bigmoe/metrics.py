@@ -68,6 +68,7 @@ __all__ = [
     "operating_points",
     "roc_det_plot",
     "select_threshold",
+    "summarize_rows",
     "tpr_at_fpr",
 ]
 
@@ -510,6 +511,35 @@ def format_results_table(
     for row in rows:
         lines.append("| " + " | ".join(_cell(str(c), row.get(c), percent, digits) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def summarize_rows(
+    rows: Sequence[Mapping[str, Any]], *, label_key: str = "fold", label: str = "mean"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mean and (population, ddof=0) standard deviation of every numeric key present in all rows.
+
+    For "each fold and the mean" (Protocol 1) or "mean ± std over seeds". Returns ``(mean_row,
+    std_row)`` whose ``label_key`` is ``label`` and ``f"{label} std"``; append them to the rows given
+    to :func:`format_results_table`. Non-numeric keys (model, fold) and missing / NaN values are skipped
+    (a key with a NaN or a missing value in any row is left out).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("summarize_rows: rows is empty")
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k != label_key]
+    mean_row: dict[str, Any] = {label_key: label}
+    std_row: dict[str, Any] = {label_key: f"{label} std"}
+    for k in keys:
+        values = [row.get(k) for row in rows]
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                   for v in values):
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            continue
+        mean_row[k] = float(arr.mean())
+        std_row[k] = float(arr.std())
+    return mean_row, std_row
 
 
 def roc_det_plot(

@@ -19,6 +19,7 @@ from modeling_bigmoe.metrics import (
     operating_points,
     roc_det_plot,
     select_threshold,
+    summarize_rows,
     tpr_at_fpr,
 )
 
@@ -281,3 +282,15 @@ def test_roc_det_plot_writes_png(tmp_path):
         roc_det_plot(labels, scores, tmp_path / "roc.jpg")
     with pytest.raises(ValueError, match="single class"):
         roc_det_plot(np.ones(4, int), np.linspace(0, 1, 4), tmp_path / "x.png")
+
+
+def test_summarize_rows_mean_and_std():
+    rows = [{"model": "m", "fold": "CPS→W", "hter": 0.10, "auc": 0.9, "oracle_hter": 0.05},
+            {"model": "m", "fold": "CPW→S", "hter": 0.30, "auc": 0.7, "oracle_hter": None}]
+    mean, std = summarize_rows(rows)
+    assert mean == {"fold": "mean", "hter": pytest.approx(0.2), "auc": pytest.approx(0.8)}
+    assert std == {"fold": "mean std", "hter": pytest.approx(0.1), "auc": pytest.approx(0.1)}
+    table = format_results_table(rows + [mean])
+    assert table.splitlines()[-1] == "| – | mean | 20.00 | 80.00 | – |"
+    with pytest.raises(ValueError, match="empty"):
+        summarize_rows([])
