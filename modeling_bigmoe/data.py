@@ -585,6 +585,9 @@ def resolve_entry(
 ) -> dict[str, Any]:
     """Apply a path rule to one entry and build the schema row (paths as strings).
 
+    Containment is checked on normalised absolute paths (``..`` cannot escape ``data_root``); symbolic
+    links are not resolved, so folders inside ``data_root`` may be links to other disks.
+
     Raises:
         ValueError: the rule returns something else than a mapping with rgb/depth/ir, or a path outside
             ``data_root`` (names the list file and line).

@@ -261,22 +261,22 @@ class BigMoeImageProcessor(BaseImageProcessor):
                 raise ValueError(f"{where}: cannot decode image file {path}: {err}") from err
         if isinstance(image, Image.Image):
             mode = image.mode
-            if mode == "RGB":
-                arr = np.asarray(image, dtype=np.float32)
-            elif mode == "L":
-                arr = np.asarray(image, dtype=np.float32)[..., None]
-            elif mode in ("I;16", "I;16L", "I;16B"):
-                arr = np.asarray(image).astype(np.float32)[..., None] * (255.0 / 65535.0)
-            elif mode in ("RGBA", "CMYK", "LA", "RGBX"):
+            if mode in ("RGBA", "CMYK", "LA", "RGBX"):
                 raise ValueError(
                     f"{where}: {modality} image has {len(image.getbands())} channels (mode {mode!r}); "
                     f"expected 1 (L) or 3 (RGB): convert it first, e.g. image.convert('RGB')"
                 )
-            else:
+            if mode not in ("RGB", "L", "I;16", "I;16L", "I;16B"):
                 raise ValueError(
                     f"{where}: unsupported PIL mode {mode!r} for {modality}; expected 'RGB', 'L' or 'I;16'"
                 )
-            return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+            arr = np.asarray(image)
+            if mode.startswith("I;16"):
+                arr = arr.astype(np.uint16)
+            # (H, W[, 3]) integer pixels -> contiguous (C, H, W) float on 0..255: transpose while still small
+            chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            tensor = torch.from_numpy(chw.astype(np.float32, order="C"))  # one copy, contiguous
+            return tensor * (255.0 / 65535.0) if mode.startswith("I;16") else tensor
         if isinstance(image, np.ndarray):
             is_torch = False
             data = image
@@ -324,7 +324,9 @@ class BigMoeImageProcessor(BaseImageProcessor):
             )
         else:
             raise ValueError(f"{where}: unsupported dtype {dtype_name} for {modality}")
-        arr = arr.astype(np.float32)
+        if not channels_first:
+            arr = np.moveaxis(arr, -1, 0)
+        arr = arr.astype(np.float32, order="C")  # a contiguous copy: the caller's array is untouched
         if not np.isfinite(arr).all():
             raise ValueError(f"{where}: {modality} image contains NaN or infinite values")
         if scale == 255.0 and arr.size and (arr.min() < -1e-6 or arr.max() > 1.0 + 1e-6):
@@ -332,10 +334,7 @@ class BigMoeImageProcessor(BaseImageProcessor):
                 f"{where}: float {modality} image must lie in [0, 1], got range "
                 f"[{arr.min():.4g}, {arr.max():.4g}]; pass uint8 for 0..255 data"
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(arr)) * scale
-        if not channels_first:
-            tensor = tensor.permute(2, 0, 1)
-        return tensor.contiguous()
+        return torch.from_numpy(arr) * scale
 
     @staticmethod
     def _as_list(images, arg: str) -> list | None:
@@ -495,8 +494,8 @@ class BigMoeImageProcessor(BaseImageProcessor):
             else:
                 y = (x.to(torch.float32) - mean.to(x.device)) / std.to(x.device)
             if mask is not None:
-                present = torch.as_tensor(mask)[:, j].to(device=y.device, dtype=torch.bool).view(-1, 1, 1, 1)
-                y = torch.where(present, y, torch.full_like(y, self.fill_value))
+                missing = ~torch.as_tensor(mask)[:, j].to(device=y.device, dtype=torch.bool)
+                y[missing] = self.fill_value  # y is a new tensor: the caller's input is untouched
             out[key] = y
         return BatchFeature(data=out, tensor_type=return_tensors or "pt")
 
