@@ -173,21 +173,30 @@ class BigMoePreTrainedModel(PreTrainedModel):
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def initialize_weights(self):
-        """Like ``PreTrainedModel.initialize_weights``, but the adapters injected into the CLIP tower are
-        initialised by *our* ``_init_weights`` (the tower's own would draw the expert tables with std 0.02)."""
+        """Like ``PreTrainedModel.initialize_weights``, but every BIG-MoE module, including the adapters injected
+        into the CLIP tower, is initialised by *our* ``_init_weights`` (the tower's own would draw the expert
+        tables with std 0.02), and modules without direct parameters (IGMA, ECA, the head model) are not skipped.
+        Tensors already loaded from a checkpoint are left alone (the ``transformers.initialization`` helpers)."""
+
+        def own(module: nn.Module, is_custom_code: bool = False) -> None:
+            if getattr(module, "_is_hf_initialized", False):
+                return
+            self._init_weights(module)
+            module._is_hf_initialized = True
+
         is_custom = bool(getattr(self, "is_custom_code", lambda: False)())
 
         def visit(module: nn.Module, fn) -> None:
             for child in module.children():
-                if isinstance(child, BIGMOE_ADAPTER_TYPES):
-                    visit(child, self._initialize_weights)
+                if isinstance(child, BIGMOE_ADAPTER_TYPES) or isinstance(child, BigMoePreTrainedModel):
+                    visit(child, own)
                 elif isinstance(child, PreTrainedModel):
                     visit(child, child._initialize_weights)
                 else:
                     visit(child, fn)
             fn(module, is_custom)
 
-        visit(self, self._initialize_weights)
+        visit(self, own)
 
     def _bigmoe_vision_tower(self) -> nn.Module:
         base = getattr(self, self.base_model_prefix, self)
@@ -292,6 +301,14 @@ class BigMoePreTrainedModel(PreTrainedModel):
             parts["classifier"] = head
         return parts
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then the config-driven freezing (loading resets ``requires_grad``)."""
+        result = super().from_pretrained(*args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
+        model.mark_trainable()
+        return result
+
     # ------------------------------------------------------------------ CLIP weights
     @classmethod
     def from_clip(cls, name_or_path: str | os.PathLike = "openai/clip-vit-base-patch16", **config_overrides):
@@ -305,7 +322,10 @@ class BigMoePreTrainedModel(PreTrainedModel):
         config = BigMoeConfig(vision_config=vision_config.to_dict(), base_model_name_or_path=name_or_path,
                               **config_overrides)
         model = cls(config)
-        clip = CLIPVisionModel.from_pretrained(name_or_path, use_safetensors=True)
+        clip, info = CLIPVisionModel.from_pretrained(name_or_path, use_safetensors=True, output_loading_info=True)
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise ValueError(f"from_clip: {name_or_path} lacks CLIP vision weights: missing "
+                             f"{sorted(info['missing_keys'])[:8]}, mismatched {list(info['mismatched_keys'])[:8]}")
         base = getattr(model, model.base_model_prefix, model)
         ours, theirs = base.vision_tower, clip
         with torch.no_grad():
