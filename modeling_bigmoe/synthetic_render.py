@@ -451,6 +451,7 @@ def source_photo(rng, X, Y, dom_src, S, base=None):
     expo = rng.uniform(0.8, 1.4, n).astype(F32)
     photo = tonemap(rgb * col(expo)[:, None])
     P["_face"] = L["face"]
+    P["_fg"] = L["fg"]
     return photo, P, pose
 
 
@@ -510,7 +511,8 @@ def group_print(rng, X, Y, dom, S, cut=False, wrap=False, subj=None):
         Pw = sample_identity(rng, n, dom, neutral=True)
         W = live_layers(rng, X, Y, Pw, dict(pose_s), dom, dict(alb=bg["alb"], nir=bg["nir"], D=np.full_like(D, -5.0)))
         Dw = gblur(np.where(W["fg"], W["D"], W["D"][W["fg"]].min() if W["fg"].any() else 0), 2.5 * S / 64)
-        sheet = W["fg"] & (np.abs(X) < 0.95)
+        # the photo is cut along its head outline before wrapping: no photo background on the sheet
+        sheet = W["fg"] & Ps["_fg"] & (np.abs(X) < 0.95)
         L["D"] = np.where(sheet, Dw + 0.02, bg["D"]); L["fg"] = sheet
         L["alb"] = np.where(sheet[:, None], refl, bg["alb"]); L["nir"] = np.where(sheet, L["nir"], bg["nir"])
     if cut:  # CASIA-SURF-style: eyes / nose / mouth cut out, attacker's real face behind

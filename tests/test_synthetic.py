@@ -39,6 +39,10 @@ def test_determinism_same_seed_identical_bytes_different_seed_differs():
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
     assert not np.array_equal(a["rgb"], c["rgb"])
+    # the number of rendering threads does not change a byte (2 chunks of 64 frames)
+    e = sy.generate_domain("W", 130, size=16, seed=0, num_workers=1)
+    f = sy.generate_domain("W", 130, size=16, seed=0, num_workers=3)
+    assert _digest(e) == _digest(f)
     # different domain name with the same seed is a different stream as well
     d = sy.generate_domain(dataclasses.replace(sy.DOMAIN_PROFILES["C"], name="C2"), 10, size=32, seed=3,
                            frames_per_video=2)
