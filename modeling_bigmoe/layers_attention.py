@@ -145,7 +145,8 @@ class MmdaDifferentialAttention(nn.Module):
     ):
         super().__init__()
         if dim <= 0 or heads <= 0:
-            raise ValueError(f"MmdaDifferentialAttention: dim and heads must be positive, got dim={dim}, heads={heads}")
+            raise ValueError(
+                f"MmdaDifferentialAttention: dim and heads must be positive, got dim={dim}, heads={heads}")
         if dim % heads:
             raise ValueError(f"MmdaDifferentialAttention: heads ({heads}) must divide dim ({dim})")
         if not 0.0 <= dropout <= 1.0:
@@ -191,7 +192,9 @@ class MmdaDifferentialAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (b, h, n, e)
 
-    def forward(self, x: torch.Tensor, x_dom: torch.Tensor | None = None, *, return_attention: bool = False):
+    def forward(
+        self, x: torch.Tensor, x_dom: torch.Tensor | None = None, *, return_attention: bool = False
+    ):
         """``x`` and ``x_dom`` (b, n, dim), both layer-normed; ``x_dom=None`` means ``x_dom = x``.
 
         Returns (b, n, dim); with ``return_attention=True`` also the differential map
@@ -203,7 +206,8 @@ class MmdaDifferentialAttention(nn.Module):
             x_dom = x
         if x_dom.shape != x.shape:
             raise ValueError(
-                f"MmdaDifferentialAttention: x_dom must have x's shape {tuple(x.shape)}, got {tuple(x_dom.shape)}")
+                f"MmdaDifferentialAttention: x_dom must have x's shape {tuple(x.shape)}, "
+                f"got {tuple(x_dom.shape)}")
         b, n, _ = x.shape
         # queries, keys, values: (b, h, n, e)
         q, k, v = (self._split_heads(f(x)) for f in (self.to_q, self.to_k, self.to_v))

@@ -299,20 +299,20 @@ class MmdaUDSA(nn.Module):
         # up path: v'_{l-1} = Remap_{l-1}(v'_l) + v_{l-1}
         v_up, t_up = [], []
         v_cur, t_cur = v[-1], t[-1]
-        for l in range(self.depth, 0, -1):
-            out, a = self.up[l - 1](v_cur)
+        for lvl in range(self.depth, 0, -1):
+            out, a = self.up[lvl - 1](v_cur)
             aux = aux + a
-            v_cur = out + v[l - 1]
+            v_cur = out + v[lvl - 1]
             v_up.append(v_cur)
             if self.text_up_path:
                 outs = []
-                for ti, skip in zip(t_cur, t[l - 1]):
-                    o, a = self.up[l - 1](ti)
+                for ti, skip in zip(t_cur, t[lvl - 1]):
+                    o, a = self.up[lvl - 1](ti)
                     aux = aux + a
                     outs.append(o + skip)
                 t_cur = outs
             else:
-                t_cur = t[l - 1]
+                t_cur = t[lvl - 1]
             t_up.append(t_cur)
 
         visual_levels = [x.squeeze(1) for x in v + v_up]
@@ -345,7 +345,8 @@ def rs2_alignment_logits(
         (b, 2) logits, column 0 spoof, column 1 live.
     """
     if image_embeds.dim() != 2:
-        raise ValueError(f"rs2_alignment_logits: image_embeds must be (b, d), got {tuple(image_embeds.shape)}")
+        raise ValueError(
+            f"rs2_alignment_logits: image_embeds must be (b, d), got {tuple(image_embeds.shape)}")
     d = image_embeds.shape[-1]
     for name, t in (("spoof_text_embeds", spoof_text_embeds), ("live_text_embeds", live_text_embeds)):
         if t.dim() != 2 or t.shape[-1] != d or t.shape[0] == 0:
@@ -511,7 +512,7 @@ def mmda_loss(
 ) -> tuple[torch.Tensor, dict]:
     """MMDA's summed loss, all weights 1.
 
-    ``loss = sum(aux_losses) + CE(logits, y~) + sum_l CE(alignment_logits[l], y~) + sum(text_anchor_losses)``
+    ``loss = sum(aux) + CE(logits, y~) + sum_l CE(alignment_logits[l], y~) + sum(text_anchor_losses)``
     where ``y~ = smooth_labels(labels, K, label_smoothing, label_smoothing_mode)`` is used by
     the classifier CE and by every alignment CE.
 
@@ -530,7 +531,8 @@ def mmda_loss(
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(
-            f"mmda_loss: logits must be (b, K) and labels (b,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+            f"mmda_loss: logits must be (b, K) and labels (b,), got {tuple(logits.shape)} "
+            f"and {tuple(labels.shape)}")
     targets = smooth_labels(labels, logits.shape[-1], label_smoothing, label_smoothing_mode).to(logits.device)
     ce_cls = soft_cross_entropy(logits, targets)
     per_level = []

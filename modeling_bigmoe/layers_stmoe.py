@@ -65,11 +65,14 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(router_logits.float(), dim=-1).pow(2).mean()
 
 
-def expert_capacity(num_tokens: int, num_experts: int, capacity_factor: float, min_capacity: int = 4) -> int:
+def expert_capacity(
+    num_tokens: int, num_experts: int, capacity_factor: float, min_capacity: int = 4
+) -> int:
     """Slots per expert and group: ``min(n, max(min_capacity, ceil(capacity_factor * n / E)))``."""
     if num_tokens < 0 or num_experts <= 0 or capacity_factor <= 0 or min_capacity < 0:
         raise ValueError(
-            f"expert_capacity: need num_tokens >= 0, num_experts > 0, capacity_factor > 0, min_capacity >= 0; "
+            f"expert_capacity: need num_tokens >= 0, num_experts > 0, capacity_factor > 0, "
+            f"min_capacity >= 0; "
             f"got {num_tokens}, {num_experts}, {capacity_factor}, {min_capacity}")
     return min(num_tokens, max(min_capacity, math.ceil(capacity_factor * num_tokens / num_experts)))
 
@@ -266,13 +269,15 @@ class MmdaSTMoE(nn.Module):
         # constant experts: weighted sum of their vectors, no compute
         if self.num_constant_experts:
             out = out + combine[:, self.num_experts:] @ self.constant_experts.to(x.dtype)
-        aux_loss = self.balance_loss_coef * routing["balance_loss"] + self.router_z_loss_coef * routing["z_loss"]
+        aux_loss = (self.balance_loss_coef * routing["balance_loss"]
+                    + self.router_z_loss_coef * routing["z_loss"])
         out = out.view(b, n, d)
         if return_routing:
             return out, aux_loss, routing
         return out, aux_loss
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_experts={self.num_experts}, num_constant_experts={self.num_constant_experts}, "
+        return (f"dim={self.dim}, num_experts={self.num_experts}, "
+                f"num_constant_experts={self.num_constant_experts}, "
                 f"threshold={self.threshold}, capacity_factor=({self.capacity_factor_train}, "
                 f"{self.capacity_factor_eval})")

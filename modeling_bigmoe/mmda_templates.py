@@ -11,7 +11,9 @@ They are plain lists so that a model config can store (and a user can edit) them
 
 from __future__ import annotations
 
-__all__ = ["FLIP_SPOOF_TEMPLATES", "FLIP_LIVE_TEMPLATES", "SPOOF_TEMPLATES", "LIVE_TEMPLATES", "default_templates"]
+__all__ = [
+    "FLIP_SPOOF_TEMPLATES", "FLIP_LIVE_TEMPLATES", "SPOOF_TEMPLATES", "LIVE_TEMPLATES", "default_templates",
+]
 
 # FLIP's six templates per class, verbatim
 FLIP_SPOOF_TEMPLATES = [

@@ -48,7 +48,8 @@ def test_lambda_init_values():
     assert lambda_init_fn(0) == pytest.approx(0.2)
     attn = MmdaDifferentialAttention(16, heads=2)
     assert attn.lambda_init == pytest.approx(0.783606, abs=1e-6)
-    assert MmdaDifferentialAttention(16, heads=2, depth=3).lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.9))
+    depth3 = MmdaDifferentialAttention(16, heads=2, depth=3)
+    assert depth3.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.9))
     assert MmdaDifferentialAttention(16, heads=2, lambda_init=0.5).lambda_init == 0.5
 
 

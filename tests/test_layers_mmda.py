@@ -120,10 +120,10 @@ def test_udsa_levels_and_structure():
     torch.testing.assert_close(vl[0], visual)
     torch.testing.assert_close(tlv[0][0], spoof)
     # down path: the same level module maps image and text
-    for l in range(1, 8):
-        torch.testing.assert_close(vl[l], udsa.down[l - 1](vl[l - 1].unsqueeze(1))[0].squeeze(1))
-        torch.testing.assert_close(tlv[l][0], udsa.down[l - 1](tlv[l - 1][0].unsqueeze(1))[0].squeeze(1))
-        torch.testing.assert_close(tlv[l][1], udsa.down[l - 1](tlv[l - 1][1].unsqueeze(1))[0].squeeze(1))
+    for k in range(1, 8):
+        torch.testing.assert_close(vl[k], udsa.down[k - 1](vl[k - 1].unsqueeze(1))[0].squeeze(1))
+        torch.testing.assert_close(tlv[k][0], udsa.down[k - 1](tlv[k - 1][0].unsqueeze(1))[0].squeeze(1))
+        torch.testing.assert_close(tlv[k][1], udsa.down[k - 1](tlv[k - 1][1].unsqueeze(1))[0].squeeze(1))
     # up path: level 7 + i holds v'_{7-i} = Remap_{7-i}(v'_{8-i}) + v_{7-i}, paired with t_{7-i}
     prev = vl[7]
     for i in range(1, 8):
@@ -133,8 +133,8 @@ def test_udsa_levels_and_structure():
         torch.testing.assert_close(tlv[7 + i][0], tlv[target][0])
         prev = vl[7 + i]
     # aux: the sum of every MoE call (7 down x 3 inputs + 7 up x 1)
-    total = sum(udsa.down[l](t.unsqueeze(1))[1]
-                for l in range(7) for t in (vl[l], tlv[l][0], tlv[l][1]))
+    total = sum(udsa.down[k](t.unsqueeze(1))[1]
+                for k in range(7) for t in (vl[k], tlv[k][0], tlv[k][1]))
     total = total + sum(udsa.up[7 - i](vl[7 + i - 1].unsqueeze(1))[1] for i in range(1, 8))
     torch.testing.assert_close(out.aux_loss, total, rtol=1e-5, atol=1e-6)
 
@@ -281,8 +281,10 @@ def test_classifier_gradients():
 
 def test_label_smoothing_modes():
     labels = torch.tensor([0, 1])
-    torch.testing.assert_close(smooth_labels(labels, 2, 0.1, "proper"), torch.tensor([[0.95, 0.05], [0.05, 0.95]]))
-    torch.testing.assert_close(smooth_labels(labels, 2, 0.1, "reference"), torch.tensor([[1.0, 0.1], [0.1, 1.0]]))
+    proper = smooth_labels(labels, 2, 0.1, "proper")
+    torch.testing.assert_close(proper, torch.tensor([[0.95, 0.05], [0.05, 0.95]]))
+    reference = smooth_labels(labels, 2, 0.1, "reference")
+    torch.testing.assert_close(reference, torch.tensor([[1.0, 0.1], [0.1, 1.0]]))
     # proper smoothing is torch's label_smoothing
     logits = torch.randn(6, 2)
     y = torch.randint(0, 2, (6,))

@@ -53,7 +53,8 @@ def test_default_sizes_match_reference():
 
 def test_geglu_and_expert_formula():
     x = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
-    torch.testing.assert_close(MmdaGEGLU()(x), torch.tensor([[1.0, -2.0]]) * F.gelu(torch.tensor([[0.5, 3.0]])))
+    expected = torch.tensor([[1.0, -2.0]]) * F.gelu(torch.tensor([[0.5, 3.0]]))
+    torch.testing.assert_close(MmdaGEGLU()(x), expected)
     torch.manual_seed(0)
     expert = MmdaGEGLUExpert(6, 5)
     x = torch.randn(4, 6)
