@@ -11,21 +11,34 @@ Exact parameter counts (``tests/test_hub_configs.py`` checks them on the meta de
 =============================  ===========  ===========  ===========
 variant                        total        trainable    frozen
 =============================  ===========  ===========  ===========
-bigmoe-clip-vit-base-patch16   89,853,173   11,503,925   78,349,248
-bigmoe-tiny                    59,890       41,914       17,976
+bigmoe-clip-vit-base-patch16   89,973,587   11,263,571   78,710,016
+bigmoe-tiny                    71,008       47,136       23,872
 =============================  ===========  ===========  ===========
 
-Reference size, by part (trainable): last CLIP block 7,087,872; CLIP post-LN 1,536; 11 IGMAs x 85,752
-(= 943,272; each: down 6,152, gate_fuse 200, gate_prompt 520, PEER 78,920 (two 1600 x 24 expert tables
-76,800, queries 512, keys 1,280, norms 40), up 6,912); 10 CPBs x 120,387 (= 1,203,870; CDC 16->64 9,216,
-CDC 64->64 36,864, CDC 128->64 73,728, ECA 3); prompt generator 1,503,811 (nine 3 x 224 x 224 prompts
-1,354,752, CDC 9->3 243, patch projection 148,800 + 16... see ``PARAMETER_COUNTS``); CLS 768; position table
-589 x 768 = 452,352; modality embedding 3 x 768 = 2,304; head 1,538. Frozen: CLIP ViT-B/16 vision tower
-(85,798,656 incl. its own unused class/position embeddings) minus the trained top block and post-LN.
+Reference size, trainable parts:
 
-Against the spec's estimate (~11.6 M trainable of ~90 M): the IGMA of layer 11 and the CPBs of layers 10-11
-are not built (their outputs cannot reach the CLS head; spec §6), which saves 85,752 + 2 x 120,387; the
-tiled init adds the 2,304-parameter modality embedding; CLIP's post-LN (1,536) is trained.
+==========================================  ==========  =================================================
+part                                        params      detail
+==========================================  ==========  =================================================
+11 IGMAs (layers 0-10)                      1,016,576   92,416 each: down 6,152, gate_fuse 200, gate_prompt
+                                                        520, up 6,912, PEER 78,632 (expert tables 2 x 1600
+                                                        x 24 = 76,800, keys 1,280, queries 512, norms 40)
+10 CPBs (layers 0-9)                        1,198,110   119,811 each: CDC 16->64 9,216, CDC 64->64 36,864,
+                                                        CDC 128->64 73,728, ECA 3
+prompt generator                            1,502,515   9 prompts 3x224x224 1,354,752, CDC 9->3 243,
+                                                        patch projection 147,456 + 64
+last CLIP block (trainable_backbone_layers) 7,087,872
+CLIP post-LN (preln wiring)                 1,536
+CLS + position table + modality embedding   455,424     768 + 589 x 768 + 3 x 768
+head                                        1,538       Linear(768, 2)
+==========================================  ==========  =================================================
+
+Frozen: the rest of the CLIP ViT-B/16 vision tower (85,799,424 in all, including its own class and
+position embeddings, which are kept, frozen and unused so that the tower stays a plain CLIP checkpoint).
+
+Against the spec's estimate (~11.6 M trainable of ~90 M): the IGMA of layer 11 and the CPBs of layers 10
+and 11 are not built (their outputs cannot reach the CLS head, spec §6): -92,416 - 2 x 119,811 = -332,038;
+the tiled init adds a 2,304-parameter modality embedding; CLIP's post-LN (1,536) is trained.
 """
 
 from __future__ import annotations
@@ -43,8 +56,8 @@ HUB_VARIANTS = ("bigmoe-clip-vit-base-patch16", "bigmoe-tiny")
 
 # variant -> (total, trainable); checked by tests/test_hub_configs.py
 PARAMETER_COUNTS = {
-    "bigmoe-clip-vit-base-patch16": (89_853_173, 11_503_925),
-    "bigmoe-tiny": (59_890, 41_914),
+    "bigmoe-clip-vit-base-patch16": (89_973_587, 11_263_571),
+    "bigmoe-tiny": (71_008, 47_136),
 }
 
 

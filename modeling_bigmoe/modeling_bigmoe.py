@@ -14,21 +14,9 @@ Internally (token stream, image concatenation and the 3-bit missing-modality cod
 the reference's RGB, IR, Depth, with code bit0 = RGB, bit1 = IR, bit2 = Depth (1 = missing).
 :data:`PUBLIC_TO_INTERNAL` is the one place that maps between them.
 
-Parameter counts (exact, computed by ``tests/test_hub_configs.py`` on the meta device):
-
-============================  ===========  ============  =============================================
-hub config                    total        trainable     notes
-============================  ===========  ============  =============================================
-bigmoe-clip-vit-base-patch16  89,881,269   11,509,109    spec estimate 11.6 M of 90 M
-bigmoe-tiny                   125,609      102,465       tests / demo
-============================  ===========  ============  =============================================
-
-Differences from the spec's estimate (reference size): the IGMA of layer 11 and the CPBs of
-layers 10 and 11 are not built (dead: their outputs cannot reach the CLS head), i.e. 11 IGMA +
-10 CPB instead of 12 + 12 (-79,136 - 2 x 120,385 ... see ``hub_configs.py``); the tiled position
-init adds a 3 x 768 modality embedding (+2,304); CLIP's own class/position embeddings (197 x 768 + 768)
-are kept frozen and unused (so the checkpoint stays a CLIP checkpoint); CLIP's post-LN (+1,536) is
-trainable with ``block_wiring="preln"``.
+Parameter counts (exact; breakdown and the comparison with the spec in ``hub_configs.py``):
+``bigmoe-clip-vit-base-patch16`` 89,973,587 total, 11,263,571 trainable (spec estimate ~11.6 M of ~90 M;
+the dead IGMA of layer 11 and CPBs of layers 10-11 are not built); ``bigmoe-tiny`` 71,008 / 47,136.
 """
 
 from __future__ import annotations
@@ -314,7 +302,7 @@ class BigMoePreTrainedModel(PreTrainedModel):
     def from_clip(cls, name_or_path: str | os.PathLike = "openai/clip-vit-base-patch16", **config_overrides):
         """Build the model around a pretrained CLIP vision tower (Hub id or local folder; a CLIPVisionModel or a
         full CLIPModel checkpoint, old ``vision_model.``-prefixed keys accepted) and apply the tiled position
-        init from its table. ``config_overrides`` are ``BigMoeConfig`` fields; safetensors only, never pickle."""
+        init from its table. ``config_overrides`` are ``BigMoeConfig`` fields; weights are read from safetensors only."""
         name_or_path = os.fspath(name_or_path)
         if "vision_config" in config_overrides:
             raise ValueError("from_clip: vision_config comes from the CLIP checkpoint; do not pass it")
