@@ -2,6 +2,7 @@
 
     python benchmarks/bench_synthetic.py                 # triplets/s at 64 and 112 px, cache reload time
     python benchmarks/bench_synthetic.py --difficulty    # + logistic-regression intra / LODO AUC table
+    python benchmarks/bench_synthetic.py --skip-speed --difficulty --seed 1
 
 Speed: 4 domains x ``--n`` frames (3 frames per video) rendered by ``generate_domain``, median of 3 repeats.
 Cache: ``load_synthetic_benchmark`` with the default arguments into a temporary cache folder; the first call
@@ -77,14 +78,16 @@ def main():
     ap.add_argument("--n", type=int, default=150, help="frames per domain per repeat (64 px; 112 px uses n/2)")
     ap.add_argument("--difficulty", action="store_true")
     ap.add_argument("--samples-per-domain", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0, help="benchmark seed for the cache / difficulty part")
+    ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
-    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs visible")
-    for size, n in ((64, args.n), (112, max(8, args.n // 2))):
+    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs visible, {sy._default_workers()} rendering threads")
+    for size, n in () if args.skip_speed else ((64, args.n), (112, max(8, args.n // 2))):
         med, rates = speed(size, n)
         print(f"{size:4d} px: {med:6.1f} triplets/s (median of 3: {', '.join(f'{r:.1f}' for r in rates)}; "
               f"4 domains x {n})")
     with tempfile.TemporaryDirectory() as tmp:
-        kw = dict(samples_per_domain=args.samples_per_domain, cache_dir=tmp, progress=False)
+        kw = dict(samples_per_domain=args.samples_per_domain, seed=args.seed, cache_dir=tmp, progress=False)
         t = time.perf_counter()
         dd = sy.load_synthetic_benchmark(**kw)
         t_gen = time.perf_counter() - t
