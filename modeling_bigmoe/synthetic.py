@@ -31,6 +31,7 @@ Each test split holds only ~120 rows (40 videos) per domain, so single cells mov
 and even the RGB means by ~4-9; ALL-modality means (intra ~90-92, LODO ~85-86) are steadier. All modalities beat
 RGB only, cross-domain is harder than in-domain, P (unseen partial / mannequin attacks) is the hardest target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -52,9 +53,9 @@ from . import synthetic_render as _R
 
 __all__ = [
     "ATTACK_TYPES",
-    "AttackSession",
     "DATA_VERSION",
     "DOMAIN_PROFILES",
+    "AttackSession",
     "DomainProfile",
     "generate_domain",
     "load_synthetic_benchmark",
@@ -68,7 +69,9 @@ DATA_VERSION = "synthetic-v3.0"
 ATTACK_TYPES: tuple[str, ...] = _R.ATTACK_TYPES
 """All presentation-attack species (``attack_type`` values of spoof rows); bona fide rows use ``"live"``."""
 
-_CHUNK = 64  # frames rendered per work item (bounded memory, thread parallelism); part of the determinism contract
+_CHUNK = (
+    64  # frames rendered per work item (bounded memory, thread parallelism); part of the determinism contract
+)
 
 
 def _default_workers() -> int:
@@ -81,6 +84,8 @@ def _default_workers() -> int:
     except AttributeError:
         n_cpu = os.cpu_count() or 1
     return max(1, min(4, n_cpu))
+
+
 _MIN_SIZE = 16
 
 
@@ -100,10 +105,14 @@ class AttackSession:
     ir_gain: float = 1.0
     ir_amb: float = 0.0
 
-    def scaled(self, s: float) -> "AttackSession":
+    def scaled(self, s: float) -> AttackSession:
         """Offsets scaled by ``s`` (0 = no confound, 1 = unchanged, 2 = twice as strong)."""
-        return AttackSession(dist_cm=self.dist_cm * s, rgb_gain=1 + (self.rgb_gain - 1) * s,
-                             ir_gain=1 + (self.ir_gain - 1) * s, ir_amb=self.ir_amb * s)
+        return AttackSession(
+            dist_cm=self.dist_cm * s,
+            rgb_gain=1 + (self.rgb_gain - 1) * s,
+            ir_gain=1 + (self.ir_gain - 1) * s,
+            ir_amb=self.ir_amb * s,
+        )
 
 
 _DEFAULT_ATTACKS = {"print": 0.5, "replay": 0.5}
@@ -209,8 +218,9 @@ class DomainProfile:
     art: float = 1.0
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> "DomainProfile":
+    def validate(self) -> DomainProfile:
         """Check every field; raise ``ValueError`` naming the field and the value seen. Returns ``self``."""
+
         def bad(fname, msg, value):
             raise ValueError(f"DomainProfile {self.name!r}: field {fname!r} {msg}, got {value!r}")
 
@@ -254,7 +264,11 @@ class DomainProfile:
             bad("attacks", "must be a dict {attack_type: weight}", self.attacks)
         for k, w in self.attacks.items():
             if k not in ATTACK_TYPES:
-                bad("attacks", f"has unknown attack type {k!r} (known: {', '.join(ATTACK_TYPES)})", self.attacks)
+                bad(
+                    "attacks",
+                    f"has unknown attack type {k!r} (known: {', '.join(ATTACK_TYPES)})",
+                    self.attacks,
+                )
             if num("attacks", w) < 0:
                 bad("attacks", f"weight of {k!r} must be >= 0", self.attacks)
         frac("live_frac")
@@ -278,15 +292,27 @@ class DomainProfile:
         rng2("bg_cm", lo_min=0)
         if self.bg_cm[0] <= self.dist_cm[1] + 10:
             bad("bg_cm", f"must start > dist_cm high + 10 = {self.dist_cm[1] + 10}", self.bg_cm)
-        if not isinstance(self.melanin_beta, (tuple, list)) or len(self.melanin_beta) != 2 or \
-                any(num("melanin_beta", v) <= 0 for v in self.melanin_beta):
+        if (
+            not isinstance(self.melanin_beta, (tuple, list))
+            or len(self.melanin_beta) != 2
+            or any(num("melanin_beta", v) <= 0 for v in self.melanin_beta)
+        ):
             bad("melanin_beta", "must hold two Beta parameters > 0", self.melanin_beta)
         if not isinstance(self.hair_p, (tuple, list)) or len(self.hair_p) != 6:
             bad("hair_p", "must hold 6 probabilities", self.hair_p)
         if any(num("hair_p", v) < 0 or v > 1 for v in self.hair_p) or sum(self.hair_p) <= 0:
             bad("hair_p", "must hold fractions in [0, 1] with a positive sum", self.hair_p)
-        for f in ("p_glasses", "bright_pupil", "vignette", "ir_vignette", "d_dark_thr", "d_drop", "d_screen_holes",
-                  "bend_p", "glossy_p"):
+        for f in (
+            "p_glasses",
+            "bright_pupil",
+            "vignette",
+            "ir_vignette",
+            "d_dark_thr",
+            "d_drop",
+            "d_screen_holes",
+            "bend_p",
+            "glossy_p",
+        ):
             frac(f)
         for f in ("rgb_res", "ir_res", "d_res"):
             v = num(f, getattr(self, f))
@@ -300,14 +326,35 @@ class DomainProfile:
         rng2("cct", lo_min=0, hi_max=1)
         rng2("ir_ambient", lo_min=0)
         rng2("exposure", lo_min=0)
-        for f in ("ir_skin_scale", "ir_ref_cm", "rgb_gamma", "ir_gamma", "ir_gain", "d_quant", "d_max_cm",
-                  "d_edge_cm", "d_min_span_cm"):
+        for f in (
+            "ir_skin_scale",
+            "ir_ref_cm",
+            "rgb_gamma",
+            "ir_gamma",
+            "ir_gain",
+            "d_quant",
+            "d_max_cm",
+            "d_edge_cm",
+            "d_min_span_cm",
+        ):
             pos(f)
-        for f in ("cast_jitter", "rgb_blur", "rgb_shot", "rgb_read", "rgb_sat", "ir_dots", "ir_noise", "d_noise",
-                  "art"):
+        for f in (
+            "cast_jitter",
+            "rgb_blur",
+            "rgb_shot",
+            "rgb_read",
+            "rgb_sat",
+            "ir_dots",
+            "ir_noise",
+            "d_noise",
+            "art",
+        ):
             nonneg(f)
-        if not isinstance(self.rgb_cast, (tuple, list)) or len(self.rgb_cast) != 3 or \
-                any(num("rgb_cast", v) <= 0 for v in self.rgb_cast):
+        if (
+            not isinstance(self.rgb_cast, (tuple, list))
+            or len(self.rgb_cast) != 3
+            or any(num("rgb_cast", v) <= 0 for v in self.rgb_cast)
+        ):
             bad("rgb_cast", "must hold 3 positive white-balance gains", self.rgb_cast)
         for f in ("jpeg_rgb", "jpeg_ir", "jpeg_d"):
             v = getattr(self, f)
@@ -340,35 +387,115 @@ _BASE = DomainProfile()
 DOMAIN_PROFILES: dict[str, DomainProfile] = {
     # CeFA-like: wide ethnic mix, RealSense-ish, print / replay / 3D masks
     "C": dataclasses.replace(
-        _BASE, name="C", melanin_beta=(1.2, 1.2), cct=(0.1, 0.9), rgb_cast=(1.0, 1.0, 0.95), light_spread_deg=60.0,
+        _BASE,
+        name="C",
+        melanin_beta=(1.2, 1.2),
+        cct=(0.1, 0.9),
+        rgb_cast=(1.0, 1.0, 0.95),
+        light_spread_deg=60.0,
         attack_session=AttackSession(dist_cm=4.0, rgb_gain=0.9, ir_gain=1.2, ir_amb=0.02),
-        attacks={"print": 0.2, "print_wrap": 0.1, "replay": 0.3, "mask_rigid": 0.2, "mask_silicone": 0.2}),
+        attacks={"print": 0.2, "print_wrap": 0.1, "replay": 0.3, "mask_rigid": 0.2, "mask_silicone": 0.2},
+    ),
     # PADISI-like: studio capture, active-stereo IR with projector dots, many PAI species incl. partial
     "P": dataclasses.replace(
-        _BASE, name="P", melanin_beta=(1.5, 3.0), ambient=(0.35, 0.55), key=(0.4, 0.7), light_spread_deg=25.0,
-        cct=(0.6, 0.8), rgb_cast=(1.02, 1.0, 0.93), rgb_res=1.0, rgb_blur=0.3, jpeg_rgb=None, jpeg_ir=None,
-        jpeg_d=None, ir_dots=0.2, ir_gain=1.0, d_res=0.55, d_noise=0.6, d_quant=0.1, d_edge_cm=1.5,
-        d_norm="fixed", d_range_cm=(35.0, 85.0), bright_pupil=0.05, d_screen_holes=0.7,
+        _BASE,
+        name="P",
+        melanin_beta=(1.5, 3.0),
+        ambient=(0.35, 0.55),
+        key=(0.4, 0.7),
+        light_spread_deg=25.0,
+        cct=(0.6, 0.8),
+        rgb_cast=(1.02, 1.0, 0.93),
+        rgb_res=1.0,
+        rgb_blur=0.3,
+        jpeg_rgb=None,
+        jpeg_ir=None,
+        jpeg_d=None,
+        ir_dots=0.2,
+        ir_gain=1.0,
+        d_res=0.55,
+        d_noise=0.6,
+        d_quant=0.1,
+        d_edge_cm=1.5,
+        d_norm="fixed",
+        d_range_cm=(35.0, 85.0),
+        bright_pupil=0.05,
+        d_screen_holes=0.7,
         attack_session=AttackSession(dist_cm=-5.0, rgb_gain=1.1, ir_gain=0.85, ir_amb=0.0),
-        attacks={"print": 0.1, "print_wrap": 0.05, "replay": 0.15, "mask_rigid": 0.1, "mask_silicone": 0.15,
-                 "mask_mannequin": 0.1, "partial_funny": 0.15, "partial_paperglasses": 0.2}),
+        attacks={
+            "print": 0.1,
+            "print_wrap": 0.05,
+            "replay": 0.15,
+            "mask_rigid": 0.1,
+            "mask_silicone": 0.15,
+            "mask_mannequin": 0.1,
+            "partial_funny": 0.15,
+            "partial_paperglasses": 0.2,
+        },
+    ),
     # SURF-like: print-only attacks (flat / bent / cut), low-quality JPEG, background removed
     "S": dataclasses.replace(
-        _BASE, name="S", melanin_beta=(4.0, 3.0), hair_p=(0.7, 0.25, 0.05, 0.0, 0.0, 0.0), cct=(0.3, 0.6),
-        rgb_res=0.55, rgb_blur=0.8, rgb_read=0.02, jpeg_rgb=(55, 80), jpeg_ir=(60, 85), jpeg_d=(60, 85),
-        ir_gain=0.7, ir_noise=0.05, ir_res=0.8, d_res=0.5, d_quant=0.5, d_drop=0.05, bg_removed=True,
-        bright_pupil=0.5, bend_p=0.5, dist_cm=(35.0, 60.0), p_glasses=0.2,
+        _BASE,
+        name="S",
+        melanin_beta=(4.0, 3.0),
+        hair_p=(0.7, 0.25, 0.05, 0.0, 0.0, 0.0),
+        cct=(0.3, 0.6),
+        rgb_res=0.55,
+        rgb_blur=0.8,
+        rgb_read=0.02,
+        jpeg_rgb=(55, 80),
+        jpeg_ir=(60, 85),
+        jpeg_d=(60, 85),
+        ir_gain=0.7,
+        ir_noise=0.05,
+        ir_res=0.8,
+        d_res=0.5,
+        d_quant=0.5,
+        d_drop=0.05,
+        bg_removed=True,
+        bright_pupil=0.5,
+        bend_p=0.5,
+        dist_cm=(35.0, 60.0),
+        p_glasses=0.2,
         attack_session=AttackSession(dist_cm=-3.0, rgb_gain=1.15, ir_gain=1.25, ir_amb=0.03),
-        attacks={"print": 0.4, "print_cut": 0.6}),
+        attacks={"print": 0.4, "print_cut": 0.6},
+    ),
     # WMCA-like: SR300-ish colour cast, fixed-range depth, many PAIs incl. paper masks, funny eyes
     "W": dataclasses.replace(
-        _BASE, name="W", melanin_beta=(1.5, 4.0), cct=(0.7, 1.0), rgb_cast=(0.9, 1.04, 1.06), ambient=(0.3, 0.5),
-        key=(0.3, 0.8), light_spread_deg=35.0, rgb_sat=0.85, rgb_gamma=2.0, ir_gain=0.75, ir_gamma=1.3,
-        ir_skin_scale=0.85, d_res=0.8, d_noise=0.15, d_quant=0.05, d_norm="fixed", d_range_cm=(30.0, 80.0),
-        jpeg_rgb=None, jpeg_ir=None, jpeg_d=None, exposure=(0.6, 1.0),
+        _BASE,
+        name="W",
+        melanin_beta=(1.5, 4.0),
+        cct=(0.7, 1.0),
+        rgb_cast=(0.9, 1.04, 1.06),
+        ambient=(0.3, 0.5),
+        key=(0.3, 0.8),
+        light_spread_deg=35.0,
+        rgb_sat=0.85,
+        rgb_gamma=2.0,
+        ir_gain=0.75,
+        ir_gamma=1.3,
+        ir_skin_scale=0.85,
+        d_res=0.8,
+        d_noise=0.15,
+        d_quant=0.05,
+        d_norm="fixed",
+        d_range_cm=(30.0, 80.0),
+        jpeg_rgb=None,
+        jpeg_ir=None,
+        jpeg_d=None,
+        exposure=(0.6, 1.0),
         attack_session=AttackSession(dist_cm=6.0, rgb_gain=0.85, ir_gain=0.8, ir_amb=0.0),
-        attacks={"print": 0.2, "replay": 0.2, "mask_paper": 0.15, "mask_rigid": 0.1, "mask_silicone": 0.1,
-                 "mask_mannequin": 0.05, "partial_funny": 0.1, "partial_paperglasses": 0.1}),
+        attacks={
+            "print": 0.2,
+            "replay": 0.2,
+            "mask_paper": 0.15,
+            "mask_rigid": 0.1,
+            "mask_silicone": 0.1,
+            "mask_mannequin": 0.05,
+            "partial_funny": 0.1,
+            "partial_paperglasses": 0.1,
+        },
+    ),
 }
 """The four built-in domains, loosely inspired by CeFA (C), PADISI (P), CASIA-SURF (S) and WMCA (W)."""
 
@@ -383,10 +510,14 @@ def _resolve_profile(profile_or_name, argname="profile_or_name") -> DomainProfil
         return profile_or_name.validate()
     if isinstance(profile_or_name, str):
         if profile_or_name not in DOMAIN_PROFILES:
-            raise ValueError(f"{argname}: unknown domain name {profile_or_name!r}; known: {sorted(DOMAIN_PROFILES)} "
-                             "(or pass a DomainProfile)")
+            raise ValueError(
+                f"{argname}: unknown domain name {profile_or_name!r}; known: {sorted(DOMAIN_PROFILES)} "
+                "(or pass a DomainProfile)"
+            )
         return DOMAIN_PROFILES[profile_or_name].validate()
-    raise ValueError(f"{argname}: expected a domain name or a DomainProfile, got {type(profile_or_name).__name__}")
+    raise ValueError(
+        f"{argname}: expected a domain name or a DomainProfile, got {type(profile_or_name).__name__}"
+    )
 
 
 def _check_int(name, v, lo):
@@ -427,9 +558,18 @@ def _name_key(name: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def generate_domain(profile_or_name, n: int, *, size: int = 64, seed: int = 0, frames_per_video: int = 1,
-                    attack_session_confound: float = 1.0, videos_per_subject: int = 4,
-                    num_workers: int | None = None, progress_callback=None) -> dict:
+def generate_domain(
+    profile_or_name,
+    n: int,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    frames_per_video: int = 1,
+    attack_session_confound: float = 1.0,
+    videos_per_subject: int = 4,
+    num_workers: int | None = None,
+    progress_callback=None,
+) -> dict:
     """Render ``n`` RGB / depth / NIR triplets of one domain; byte-identical output for identical arguments.
 
     Videos (``frames_per_video`` consecutive rows; the last one may be shorter) share subject, attack instrument,
@@ -497,7 +637,7 @@ def generate_domain(profile_or_name, n: int, *, size: int = 64, seed: int = 0, f
     per_chunk = max(1, _CHUNK // fpv)
     for j, kind_seq in enumerate(ss_render.spawn(len(kinds))):
         vids = np.nonzero(vkind == j)[0]
-        chunks = [vids[c:c + per_chunk] for c in range(0, len(vids), per_chunk)]
+        chunks = [vids[c : c + per_chunk] for c in range(0, len(vids), per_chunk)]
         items += [(kinds[j], vv, cs) for vv, cs in zip(chunks, kind_seq.spawn(len(chunks)))]
 
     def render(item):
@@ -506,7 +646,9 @@ def generate_domain(profile_or_name, n: int, *, size: int = 64, seed: int = 0, f
         rows = np.concatenate([np.arange(starts[v], starts[v] + counts[v]) for v in vv])
         sidx = vsubj[np.repeat(vv, counts[vv])]
         subj = {k: table[k][sidx] for k in _R.INTRINSIC_KEYS}
-        r, d, i_, g = _R.render_group(_R.VideoRNG(scene_rng, counts[vv]), frame_rng, kd, len(rows), dom, S, subj)
+        r, d, i_, g = _R.render_group(
+            _R.VideoRNG(scene_rng, counts[vv]), frame_rng, kd, len(rows), dom, S, subj
+        )
         rgb[rows], dep[rows], ir[rows], gt[rows] = r, d, i_, g
         return len(rows)
 
@@ -526,7 +668,9 @@ def generate_domain(profile_or_name, n: int, *, size: int = 64, seed: int = 0, f
     kind_of_row = vkind[vid_of_row]
     name = prof.name
     return dict(
-        rgb=rgb, depth=dep, ir=ir,
+        rgb=rgb,
+        depth=dep,
+        ir=ir,
         label=(kind_of_row == 0).astype(np.int64),
         attack_type=[kinds[k] for k in kind_of_row],
         subject_id=[f"{name}/s{vsubj[v]:05d}" for v in vid_of_row],
@@ -536,8 +680,9 @@ def generate_domain(profile_or_name, n: int, *, size: int = 64, seed: int = 0, f
     )
 
 
-def split_by_subject(subject_ids: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0.2), *,
-                     seed: int = 0) -> np.ndarray:
+def split_by_subject(
+    subject_ids: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0.2), *, seed: int = 0
+) -> np.ndarray:
     """Assign every row to split 0 / 1 / 2 (train / validation / test) by subject, so no subject is shared.
 
     Subjects are shuffled with ``seed`` and cut by ``fractions`` (largest remainder; every split with a positive
@@ -563,9 +708,17 @@ def _check_fractions(fractions):
         fr = np.asarray([float(v) for v in fractions], float)
     except (TypeError, ValueError):
         raise ValueError(f"split_fractions must be 3 numbers, got {fractions!r}") from None
-    if fr.shape != (3,) or np.any(~np.isfinite(fr)) or np.any(fr < 0) or np.any(fr > 1) \
-            or abs(fr.sum() - 1) > 1e-6 or fr[0] <= 0:
-        raise ValueError(f"split_fractions must be 3 fractions in [0, 1] summing to 1 with train > 0, got {fractions!r}")
+    if (
+        fr.shape != (3,)
+        or np.any(~np.isfinite(fr))
+        or np.any(fr < 0)
+        or np.any(fr > 1)
+        or abs(fr.sum() - 1) > 1e-6
+        or fr[0] <= 0
+    ):
+        raise ValueError(
+            f"split_fractions must be 3 fractions in [0, 1] summing to 1 with train > 0, got {fractions!r}"
+        )
     return fr
 
 
@@ -577,12 +730,18 @@ def _check_fractions(fractions):
 def _features():
     import datasets
 
-    return datasets.Features({
-        "rgb": datasets.Image(), "depth": datasets.Image(), "ir": datasets.Image(),
-        "label": datasets.ClassLabel(names=["spoof", "live"]),
-        "domain": datasets.Value("string"), "attack_type": datasets.Value("string"),
-        "subject_id": datasets.Value("string"), "video_id": datasets.Value("string"),
-    })
+    return datasets.Features(
+        {
+            "rgb": datasets.Image(),
+            "depth": datasets.Image(),
+            "ir": datasets.Image(),
+            "label": datasets.ClassLabel(names=["spoof", "live"]),
+            "domain": datasets.Value("string"),
+            "attack_type": datasets.Value("string"),
+            "subject_id": datasets.Value("string"),
+            "video_id": datasets.Value("string"),
+        }
+    )
 
 
 def _png(a: np.ndarray) -> dict:
@@ -602,11 +761,19 @@ def _default_cache_root() -> Path:
 _META = "synthetic_meta.json"
 
 
-def load_synthetic_benchmark(domains: Iterable = ("C", "P", "S", "W"), *, samples_per_domain: int = 600,
-                             size: int = 64, seed: int = 0, frames_per_video: int = 3,
-                             split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                             attack_session_confound: float = 1.0, cache_dir=None, force: bool = False,
-                             progress: bool = True):
+def load_synthetic_benchmark(
+    domains: Iterable = ("C", "P", "S", "W"),
+    *,
+    samples_per_domain: int = 600,
+    size: int = 64,
+    seed: int = 0,
+    frames_per_video: int = 3,
+    split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    attack_session_confound: float = 1.0,
+    cache_dir=None,
+    force: bool = False,
+    progress: bool = True,
+):
     """Build (or load from the disk cache) the synthetic benchmark as a ``datasets.DatasetDict``.
 
     Splits ``train`` / ``validation`` / ``test`` each hold rows of every domain (``domain`` column) with features
@@ -649,9 +816,16 @@ def load_synthetic_benchmark(domains: Iterable = ("C", "P", "S", "W"), *, sample
     fr = _check_fractions(split_fractions)
     conf = _check_confound(attack_session_confound)
 
-    params = dict(data_version=DATA_VERSION, domains=[p.to_dict() for p in profiles], samples_per_domain=n,
-                  size=size, seed=seed, frames_per_video=fpv, split_fractions=[float(v) for v in fr],
-                  attack_session_confound=conf)
+    params = dict(
+        data_version=DATA_VERSION,
+        domains=[p.to_dict() for p in profiles],
+        samples_per_domain=n,
+        size=size,
+        seed=seed,
+        frames_per_video=fpv,
+        split_fractions=[float(v) for v in fr],
+        attack_session_confound=conf,
+    )
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_root()
     final = root / key
@@ -671,23 +845,41 @@ def load_synthetic_benchmark(domains: Iterable = ("C", "P", "S", "W"), *, sample
             for prof in profiles:
                 if bar is not None:
                     bar.set_postfix(domain=prof.name)
-                data = generate_domain(prof, n, size=size, seed=seed, frames_per_video=fpv,
-                                       attack_session_confound=conf,
-                                       progress_callback=bar.update if bar is not None else None)
+                data = generate_domain(
+                    prof,
+                    n,
+                    size=size,
+                    seed=seed,
+                    frames_per_video=fpv,
+                    attack_session_confound=conf,
+                    progress_callback=bar.update if bar is not None else None,
+                )
                 split = split_by_subject(data["subject_id"], fr, seed=seed)
                 for i in range(n):
-                    split_rows[int(split[i])].append(dict(
-                        rgb=_png(data["rgb"][i]), depth=_png(data["depth"][i]), ir=_png(data["ir"][i]),
-                        label=int(data["label"][i]), domain=data["domain"][i], attack_type=data["attack_type"][i],
-                        subject_id=data["subject_id"][i], video_id=data["video_id"][i]))
+                    split_rows[int(split[i])].append(
+                        dict(
+                            rgb=_png(data["rgb"][i]),
+                            depth=_png(data["depth"][i]),
+                            ir=_png(data["ir"][i]),
+                            label=int(data["label"][i]),
+                            domain=data["domain"][i],
+                            attack_type=data["attack_type"][i],
+                            subject_id=data["subject_id"][i],
+                            video_id=data["video_id"][i],
+                        )
+                    )
         finally:
             if bar is not None:
                 bar.close()
         feats = _features()
-        dd = datasets.DatasetDict({
-            name: datasets.Dataset.from_list(split_rows[k], features=feats) if split_rows[k]
-            else datasets.Dataset.from_dict({c: [] for c in feats}, features=feats)
-            for k, name in enumerate(("train", "validation", "test"))})
+        dd = datasets.DatasetDict(
+            {
+                name: datasets.Dataset.from_list(split_rows[k], features=feats)
+                if split_rows[k]
+                else datasets.Dataset.from_dict({c: [] for c in feats}, features=feats)
+                for k, name in enumerate(("train", "validation", "test"))
+            }
+        )
         bars_on = datasets.is_progress_bar_enabled()
         if not progress and bars_on:
             datasets.disable_progress_bars()
@@ -697,7 +889,9 @@ def load_synthetic_benchmark(domains: Iterable = ("C", "P", "S", "W"), *, sample
             if not progress and bars_on:
                 datasets.enable_progress_bars()
         (tmp / _META).write_text(json.dumps(params, indent=1, sort_keys=True))
-        if final.exists():  # force=True, or a concurrent writer finished first: swap atomically, then drop old
+        if (
+            final.exists()
+        ):  # force=True, or a concurrent writer finished first: swap atomically, then drop old
             old = root / f".old-{key}-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
             os.replace(tmp, final)
@@ -715,9 +909,16 @@ def load_synthetic_benchmark(domains: Iterable = ("C", "P", "S", "W"), *, sample
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_contact_sheet(path, *, size: int = 64, seed: int = 0, domains: Iterable = ("C", "P", "S", "W"),
-                        attack_types: Sequence[str] | None = None, scale: int = 2,
-                        attack_session_confound: float = 1.0) -> Path:
+def write_contact_sheet(
+    path,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    domains: Iterable = ("C", "P", "S", "W"),
+    attack_types: Sequence[str] | None = None,
+    scale: int = 2,
+    attack_session_confound: float = 1.0,
+) -> Path:
     """Write a labelled PNG grid: rows = live + attack types, columns = domains x (RGB | Depth | IR).
 
     Every attack type is drawn under every domain's sensor model (also species outside the domain's own mix;
@@ -728,8 +929,10 @@ def write_contact_sheet(path, *, size: int = 64, seed: int = 0, domains: Iterabl
 
     size = _check_int("size", size, _MIN_SIZE)
     scale = _check_int("scale", scale, 1)
-    profiles = [_resolve_profile(d, "domains") for d in ((domains,) if isinstance(domains, (str, DomainProfile))
-                                                          else domains)]
+    profiles = [
+        _resolve_profile(d, "domains")
+        for d in ((domains,) if isinstance(domains, (str, DomainProfile)) else domains)
+    ]
     kinds = ["live"] + list(ATTACK_TYPES if attack_types is None else attack_types)
     for k in kinds[1:]:
         if k not in ATTACK_TYPES:
@@ -744,11 +947,19 @@ def write_contact_sheet(path, *, size: int = 64, seed: int = 0, domains: Iterabl
         x0 = lab_w + di * (3 * c + gap)
         draw.text((x0 + 2, 4), f"domain {prof.name}: RGB | depth | IR", fill="black")
         for ki, kd in enumerate(kinds):
-            p1 = dataclasses.replace(prof, live_frac=1.0) if kd == "live" else \
-                dataclasses.replace(prof, live_frac=0.0, attacks={kd: 1.0})
-            out = generate_domain(p1, 1, size=size, seed=seed, attack_session_confound=attack_session_confound)
-            tiles = [Image.fromarray(out["rgb"][0]), Image.fromarray(out["depth"][0]).convert("RGB"),
-                     Image.fromarray(out["ir"][0]).convert("RGB")]
+            p1 = (
+                dataclasses.replace(prof, live_frac=1.0)
+                if kd == "live"
+                else dataclasses.replace(prof, live_frac=0.0, attacks={kd: 1.0})
+            )
+            out = generate_domain(
+                p1, 1, size=size, seed=seed, attack_session_confound=attack_session_confound
+            )
+            tiles = [
+                Image.fromarray(out["rgb"][0]),
+                Image.fromarray(out["depth"][0]).convert("RGB"),
+                Image.fromarray(out["ir"][0]).convert("RGB"),
+            ]
             for t, im in enumerate(tiles):
                 sheet.paste(im.resize((c, c), Image.NEAREST), (x0 + t * c, head_h + ki * c))
     for ki, kd in enumerate(kinds):
@@ -767,24 +978,33 @@ def write_contact_sheet(path, *, size: int = 64, seed: int = 0, domains: Iterabl
 
 def main(argv=None) -> int:
     """Command line: ``python -m modeling_bigmoe.synthetic --contact-sheet out.png [--size 64] [--seed 0]``."""
-    ap = argparse.ArgumentParser(prog="python -m modeling_bigmoe.synthetic", description=__doc__.split("\n")[0])
-    ap.add_argument("--contact-sheet", metavar="PNG", help="write a contact sheet of every domain and attack type")
+    ap = argparse.ArgumentParser(
+        prog="python -m modeling_bigmoe.synthetic", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--contact-sheet", metavar="PNG", help="write a contact sheet of every domain and attack type"
+    )
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--domains", default="C,P,S,W", help="comma-separated built-in domain names")
-    ap.add_argument("--build", action="store_true", help="build (or load) the default benchmark into the cache")
+    ap.add_argument(
+        "--build", action="store_true", help="build (or load) the default benchmark into the cache"
+    )
     ap.add_argument("--samples-per-domain", type=int, default=600)
     args = ap.parse_args(argv)
     doms = [d for d in args.domains.split(",") if d]
     if not args.contact_sheet and not args.build:
         ap.error("nothing to do: pass --contact-sheet PNG and/or --build")
     if args.contact_sheet:
-        p = write_contact_sheet(args.contact_sheet, size=args.size, seed=args.seed, domains=doms, scale=args.scale)
+        p = write_contact_sheet(
+            args.contact_sheet, size=args.size, seed=args.seed, domains=doms, scale=args.scale
+        )
         print(f"wrote {p}")
     if args.build:
-        dd = load_synthetic_benchmark(doms, samples_per_domain=args.samples_per_domain, size=args.size,
-                                      seed=args.seed)
+        dd = load_synthetic_benchmark(
+            doms, samples_per_domain=args.samples_per_domain, size=args.size, seed=args.seed
+        )
         print(dd)
     return 0
 

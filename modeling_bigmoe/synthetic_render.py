@@ -8,6 +8,7 @@ Pipeline per domain:
   sample labels & PAI types -> render scene radiance / distance per group
   (live | print | replay | mask | partial) -> domain sensor model per modality -> uint8.
 """
+
 import io
 
 import numpy as np
@@ -27,7 +28,7 @@ def fnoise(rng, n, S, beta=2.0, fmin=0.0):
     F = np.fft.rfft2(w)
     fy = np.fft.fftfreq(S)[:, None]
     fx = np.fft.rfftfreq(S)[None, :]
-    f = np.sqrt(fx ** 2 + fy ** 2)
+    f = np.sqrt(fx**2 + fy**2)
     f[0, 0] = 1.0
     filt = f ** (-beta / 2.0)
     filt[f < fmin] = 0.0
@@ -50,9 +51,9 @@ def gblur(a, sigma):
     k, r = _gk(sigma)
     H, W = a.shape[-2:]
     p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(r, r), (0, 0)], mode="reflect")
-    out = sum(k[i] * p[..., i:i + H, :] for i in range(2 * r + 1))
+    out = sum(k[i] * p[..., i : i + H, :] for i in range(2 * r + 1))
     p = np.pad(out, [(0, 0)] * (a.ndim - 2) + [(0, 0), (r, r)], mode="reflect")
-    return sum(k[i] * p[..., :, i:i + W] for i in range(2 * r + 1)).astype(F32)
+    return sum(k[i] * p[..., :, i : i + W] for i in range(2 * r + 1)).astype(F32)
 
 
 def resize(a, h, w):
@@ -60,9 +61,14 @@ def resize(a, h, w):
     H, W = a.shape[-2:]
     ys = np.clip((np.arange(h) + 0.5) * H / h - 0.5, 0, H - 1)
     xs = np.clip((np.arange(w) + 0.5) * W / w - 0.5, 0, W - 1)
-    y0 = np.floor(ys).astype(int); y1 = np.minimum(y0 + 1, H - 1); wy = (ys - y0).astype(F32)[:, None]
-    x0 = np.floor(xs).astype(int); x1 = np.minimum(x0 + 1, W - 1); wx = (xs - x0).astype(F32)[None, :]
-    top = a[..., y0, :]; bot = a[..., y1, :]
+    y0 = np.floor(ys).astype(int)
+    y1 = np.minimum(y0 + 1, H - 1)
+    wy = (ys - y0).astype(F32)[:, None]
+    x0 = np.floor(xs).astype(int)
+    x1 = np.minimum(x0 + 1, W - 1)
+    wx = (xs - x0).astype(F32)[None, :]
+    top = a[..., y0, :]
+    bot = a[..., y1, :]
     rows = top * (1 - wy) + bot * wy
     return (rows[..., x0] * (1 - wx) + rows[..., x1] * wx).astype(F32)
 
@@ -101,8 +107,16 @@ def srgb2lin(c):
 # identity / pose / lighting sampling
 # ----------------------------------------------------------------------------------------------
 
-HAIR_RGB = srgb2lin([[0.07, 0.06, 0.05], [0.20, 0.13, 0.09], [0.38, 0.26, 0.16], [0.78, 0.65, 0.42],
-                     [0.62, 0.61, 0.60], [0.52, 0.24, 0.11]])
+HAIR_RGB = srgb2lin(
+    [
+        [0.07, 0.06, 0.05],
+        [0.20, 0.13, 0.09],
+        [0.38, 0.26, 0.16],
+        [0.78, 0.65, 0.42],
+        [0.62, 0.61, 0.60],
+        [0.52, 0.24, 0.11],
+    ]
+)
 HAIR_NIR = np.array([0.22, 0.30, 0.40, 0.62, 0.58, 0.48], F32)  # eumelanin absorbs less in NIR
 IRIS_RGB = srgb2lin([[0.32, 0.19, 0.09], [0.13, 0.09, 0.06], [0.36, 0.50, 0.66], [0.36, 0.46, 0.30]])
 SKIN_LIGHT = srgb2lin([0.90, 0.72, 0.62])
@@ -112,20 +126,43 @@ SKIN_DARK = srgb2lin([0.36, 0.22, 0.15])
 def sample_identity(rng, n, dom, neutral=False, base=None):
     """Sample face-shape / appearance / session parameters; ``base`` (per-sample subject table rows)
     overrides the intrinsic (identity) keys so that one subject looks the same in every video."""
-    u = lambda lo, hi: rng.uniform(lo, hi, n).astype(F32)
+
+    def u(lo, hi):
+        return rng.uniform(lo, hi, n).astype(F32)
+
     P = dict(
-        ax=u(0.60, 0.73), ay=u(0.86, 0.98), yc=u(-0.02, 0.06), az=u(0.62, 0.82), jaw=u(0.3, 1.0),
-        ex=u(0.27, 0.33), ey=u(-0.17, -0.07), socket=u(0.06, 0.12), eyeball=u(0.02, 0.04),
-        eye_open=u(0.5, 1.0), brow=u(0.02, 0.06), yn=u(0.15, 0.25), nose_h=u(0.13, 0.26),
-        nose_tip=u(0.02, 0.06), cheek=u(0.03, 0.08), ym=u(0.44, 0.54), mw=u(0.16, 0.24),
-        lip=u(0.03, 0.06), chin=u(0.03, 0.07),
+        ax=u(0.60, 0.73),
+        ay=u(0.86, 0.98),
+        yc=u(-0.02, 0.06),
+        az=u(0.62, 0.82),
+        jaw=u(0.3, 1.0),
+        ex=u(0.27, 0.33),
+        ey=u(-0.17, -0.07),
+        socket=u(0.06, 0.12),
+        eyeball=u(0.02, 0.04),
+        eye_open=u(0.5, 1.0),
+        brow=u(0.02, 0.06),
+        yn=u(0.15, 0.25),
+        nose_h=u(0.13, 0.26),
+        nose_tip=u(0.02, 0.06),
+        cheek=u(0.03, 0.08),
+        ym=u(0.44, 0.54),
+        mw=u(0.16, 0.24),
+        lip=u(0.03, 0.06),
+        chin=u(0.03, 0.07),
         smile=(rng.beta(1.2, 3.0, n) * (0 if neutral else 1)).astype(F32),
         open=(rng.beta(1.0, 6.0, n) * 0.4 * (0 if neutral else 1)).astype(F32),
-        gx=u(-0.012, 0.012), gy=u(-0.006, 0.006),
-        hairline=u(-0.78, -0.45), longhair=(rng.random(n) < 0.35).astype(F32), hair_vol=u(0.03, 0.12),
-        melanin=rng.beta(*dom["melanin_beta"], n).astype(F32), redness=u(-0.04, 0.08),
-        hair_c=rng.choice(6, n, p=dom["hair_p"]), iris_c=rng.choice(4, n, p=[0.45, 0.3, 0.15, 0.1]),
-        brow_dark=u(0.35, 0.85), beard=(rng.random(n) < 0.12).astype(F32),
+        gx=u(-0.012, 0.012),
+        gy=u(-0.006, 0.006),
+        hairline=u(-0.78, -0.45),
+        longhair=(rng.random(n) < 0.35).astype(F32),
+        hair_vol=u(0.03, 0.12),
+        melanin=rng.beta(*dom["melanin_beta"], n).astype(F32),
+        redness=u(-0.04, 0.08),
+        hair_c=rng.choice(6, n, p=dom["hair_p"]),
+        iris_c=rng.choice(4, n, p=[0.45, 0.3, 0.15, 0.1]),
+        brow_dark=u(0.35, 0.85),
+        beard=(rng.random(n) < 0.12).astype(F32),
         glasses=(rng.random(n) < dom.get("p_glasses", 0.12)).astype(F32),
         tex=u(0.6, 1.4),
     )
@@ -143,27 +180,44 @@ def sample_identity(rng, n, dom, neutral=False, base=None):
 
 
 def sample_pose(rng, n, dom):
-    u = lambda lo, hi: rng.uniform(lo, hi, n).astype(F32)
+    def u(lo, hi):
+        return rng.uniform(lo, hi, n).astype(F32)
+
     yaw, pitch, roll = dom["pose_deg"]
-    return dict(yaw=np.deg2rad(u(-yaw, yaw)), pitch=np.deg2rad(u(-pitch, pitch)), roll=np.deg2rad(u(-roll, roll)),
-                k=u(0.9, 1.08), tx=u(-0.04, 0.04), ty=u(-0.04, 0.05), dist=u(*dom["dist_cm"]))
+    return dict(
+        yaw=np.deg2rad(u(-yaw, yaw)),
+        pitch=np.deg2rad(u(-pitch, pitch)),
+        roll=np.deg2rad(u(-roll, roll)),
+        k=u(0.9, 1.08),
+        tx=u(-0.04, 0.04),
+        ty=u(-0.04, 0.05),
+        dist=u(*dom["dist_cm"]),
+    )
 
 
 def temp_rgb(t):
     """t in [0,1]: warm tungsten -> cool daylight, as linear RGB multipliers (n,3)."""
-    warm = np.array([1.0, 0.74, 0.48], F32); cool = np.array([0.92, 0.98, 1.08], F32)
+    warm = np.array([1.0, 0.74, 0.48], F32)
+    cool = np.array([0.92, 0.98, 1.08], F32)
     return warm[None] * (1 - t[:, None]) + cool[None] * t[:, None]
 
 
 def sample_light(rng, n, dom):
-    u = lambda lo, hi: rng.uniform(lo, hi, n).astype(F32)
+    def u(lo, hi):
+        return rng.uniform(lo, hi, n).astype(F32)
+
     az = u(0, 2 * np.pi)
     el = np.deg2rad(u(0, dom["light_spread_deg"]))
     ldir = np.stack([np.sin(el) * np.cos(az), -np.abs(np.sin(el) * np.sin(az)) * 0.8 - 0.1, np.cos(el)], 1)
     ldir /= np.linalg.norm(ldir, axis=1, keepdims=True)
-    return dict(amb=u(*dom["ambient"]), key=u(*dom["key"]), ldir=ldir.astype(F32),
-                color=temp_rgb(u(*dom["cct"])), amb_color=temp_rgb(u(*dom["cct"])),
-                ir_amb=u(*dom["ir_ambient"]))
+    return dict(
+        amb=u(*dom["ambient"]),
+        key=u(*dom["key"]),
+        ldir=ldir.astype(F32),
+        color=temp_rgb(u(*dom["cct"])),
+        amb_color=temp_rgb(u(*dom["cct"])),
+        ir_amb=u(*dom["ir_ambient"]),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +226,9 @@ def sample_light(rng, n, dom):
 
 
 def head_height(x, y, P):
-    G = lambda cx, cy, sx, sy: np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+    def G(cx, cy, sx, sy):
+        return np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
     ax = P["ax"] * (1 - P["jaw"] * np.clip(y - 0.2, 0, None) ** 2)
     e = 1 - (x / ax) ** 2 - ((y - P["yc"]) / P["ay"]) ** 2
     h = P["az"] * np.sqrt(np.clip(e, 0, None))
@@ -183,16 +239,17 @@ def head_height(x, y, P):
     yn = P["yn"]
     t = np.clip((y - ey + 0.02) / (yn - ey + 0.02), 0, 1)
     below = np.exp(-0.5 * (np.clip(y - yn, 0, None) / 0.035) ** 2)
-    h += P["nose_h"] * t ** 1.4 * np.exp(-0.5 * (x / (0.045 + 0.05 * t)) ** 2) * below
+    h += P["nose_h"] * t**1.4 * np.exp(-0.5 * (x / (0.045 + 0.05 * t)) ** 2) * below
     h += P["nose_tip"] * G(0, yn, 0.055, 0.045)
     h += 0.3 * P["nose_h"] * (G(-0.085, yn + 0.015, 0.04, 0.035) + G(0.085, yn + 0.015, 0.04, 0.035))
     cy = 0.14 - 0.04 * P["smile"]
     h += (P["cheek"] + 0.03 * P["smile"]) * (G(-0.33, cy, 0.12, 0.1) + G(0.33, cy, 0.12, 0.1))
     gap = P["open"] * 0.12
-    yslit = P["ym"] - 0.6 * P["smile"] * x ** 2 / P["mw"]
+    yslit = P["ym"] - 0.6 * P["smile"] * x**2 / P["mw"]
     xw = np.exp(-0.5 * (x / (P["mw"] * 0.8)) ** 4)
-    lips = (np.exp(-0.5 * ((y - (yslit - 0.022 - gap / 2)) / 0.022) ** 2)
-            + np.exp(-0.5 * ((y - (yslit + 0.028 + gap / 2)) / 0.026) ** 2))
+    lips = np.exp(-0.5 * ((y - (yslit - 0.022 - gap / 2)) / 0.022) ** 2) + np.exp(
+        -0.5 * ((y - (yslit + 0.028 + gap / 2)) / 0.026) ** 2
+    )
     h += P["lip"] * xw * lips
     h -= (0.015 + 0.6 * gap) * xw * np.exp(-0.5 * ((y - yslit) / (0.008 + 0.5 * gap)) ** 2)
     h += P["chin"] * G(0, 0.8, 0.13, 0.07)
@@ -202,21 +259,29 @@ def head_height(x, y, P):
 def face_regions(x, y, P, aux):
     ex, ey = P["ex"], P["ey"]
     regs = {}
-    eo = np.zeros_like(x); iris = np.zeros_like(x); pupil = np.zeros_like(x); brow = np.zeros_like(x)
+    eo = np.zeros_like(x)
+    iris = np.zeros_like(x)
+    pupil = np.zeros_like(x)
+    brow = np.zeros_like(x)
     for s in (-1, 1):
         dx = x - s * ex
         eo = np.maximum(eo, ((dx / 0.07) ** 2 + ((y - ey) / (0.03 * P["eye_open"])) ** 2 < 1))
         r2 = (dx - P["gx"]) ** 2 + (y - ey - P["gy"]) ** 2
-        iris = np.maximum(iris, r2 < 0.03 ** 2)
-        pupil = np.maximum(pupil, r2 < 0.012 ** 2)
+        iris = np.maximum(iris, r2 < 0.03**2)
+        pupil = np.maximum(pupil, r2 < 0.012**2)
         yb = ey - 0.115 + 2.0 * (dx + s * 0.02) ** 2
         brow = np.maximum(brow, np.exp(-0.5 * ((y - yb) / 0.016) ** 2) * (np.abs(dx) < 0.11))
-    regs["eye"] = eo; regs["iris"] = iris * eo; regs["pupil"] = pupil * eo; regs["brow"] = brow
+    regs["eye"] = eo
+    regs["iris"] = iris * eo
+    regs["pupil"] = pupil * eo
+    regs["brow"] = brow
     regs["lips"] = aux["lips"]
     hl = P["hairline"] + 0.35 * (x / P["ax"]) ** 2
     side = P["longhair"] * (np.abs(x) > P["ax"] * 0.82) * (y < 0.35)
     regs["hair_on_face"] = np.clip((y < hl).astype(F32) + side, 0, 1)
-    beard_zone = ((y > P["ym"] - 0.08) & (np.abs(x) < P["ax"] * 0.9)) | ((y > P["yn"] + 0.04) & (y < P["ym"] - 0.03) & (np.abs(x) < 0.15))
+    beard_zone = ((y > P["ym"] - 0.08) & (np.abs(x) < P["ax"] * 0.9)) | (
+        (y > P["yn"] + 0.04) & (y < P["ym"] - 0.03) & (np.abs(x) < 0.15)
+    )
     regs["beard"] = P["beard"] * beard_zone * (1 - aux["lips"])
     return regs
 
@@ -254,8 +319,10 @@ def head_to_image(x, y, z, pose):
     cp, sp = np.cos(pose["pitch"]).reshape(sh), np.sin(pose["pitch"]).reshape(sh)
     cr, sr = np.cos(pose["roll"]).reshape(sh), np.sin(pose["roll"]).reshape(sh)
     k = pose["k"].reshape(sh)
-    x1 = x * cy_ + z * sy_; z1 = -x * sy_ + z * cy_
-    y2 = y * cp - z1 * sp; z2 = y * sp + z1 * cp
+    x1 = x * cy_ + z * sy_
+    z1 = -x * sy_ + z * cy_
+    y2 = y * cp - z1 * sp
+    z2 = y * sp + z1 * cp
     X = (x1 * cr - y2 * sr) * k + pose["tx"].reshape(sh)
     Y = (x1 * sr + y2 * cr) * k + pose["ty"].reshape(sh)
     return X, Y, z2 * k
@@ -264,7 +331,7 @@ def head_to_image(x, y, z, pose):
 def normals_from(D, S):
     dy, dx = np.gradient(D, 2.0 / S, axis=(-2, -1))
     nz = np.ones_like(D)
-    nrm = np.sqrt(dx ** 2 + dy ** 2 + 1)
+    nrm = np.sqrt(dx**2 + dy**2 + 1)
     return -dx / nrm, -dy / nrm, nz / nrm
 
 
@@ -276,7 +343,7 @@ def ambient_occlusion(D, S):
 def live_layers(rng, X, Y, P, pose, dom, bg):
     """Geometry + albedo layers of a live head in front of a background. Returns dict of maps."""
     n, S = X.shape[0], X.shape[-1]
-    x, y, z, D, inside, aux = image_to_head(X, Y, P, pose)
+    x, y, _z, D, inside, aux = image_to_head(X, Y, P, pose)
     regs = face_regions(x, y, P, aux)
     # hair shell (volume around the skull) and neck
     ax, ay, yc = P["ax"], P["ay"], P["yc"]
@@ -284,14 +351,25 @@ def live_layers(rng, X, Y, P, pose, dom, bg):
     e_sh = 1 - (x / (ax * 1.12)) ** 2 - ((y - yc + 0.03) / (ay * 1.07)) ** 2
     hair_zone = (e_sh > 0) & ((y < hl) | ((P["longhair"] > 0) & (np.abs(x) > ax * 0.8) & (y < 0.45)))
     hair = hair_zone & ((~inside) | (regs["hair_on_face"] > 0))
-    Dh = np.where(inside, D + P["hair_vol"] * col(pose["k"]) * 0.5, P["az"] * 0.85 * np.sqrt(np.clip(e_sh, 0, None)) * col(pose["k"]))
-    neck = (~inside) & (~hair) & (np.abs(X - col(pose["tx"])) < 0.42 * col(pose["k"])) & (Y > col(pose["ty"]) + 0.45)
+    Dh = np.where(
+        inside,
+        D + P["hair_vol"] * col(pose["k"]) * 0.5,
+        P["az"] * 0.85 * np.sqrt(np.clip(e_sh, 0, None)) * col(pose["k"]),
+    )
+    neck = (
+        (~inside)
+        & (~hair)
+        & (np.abs(X - col(pose["tx"])) < 0.42 * col(pose["k"]))
+        & (Y > col(pose["ty"]) + 0.45)
+    )
     Dn = np.full_like(D, 0.0) + P["az"] * 0.15
     fg = inside | hair | neck
     Dface = np.where(hair, np.maximum(Dh, D * inside), np.where(inside, D, np.where(neck, Dn, -9.0)))
     # albedo (linear RGB, channel-first) and NIR albedo
     mel = P["melanin"]
-    skin = SKIN_LIGHT[None, :, None, None] * (1 - mel[:, None]) + SKIN_DARK[None, :, None, None] * mel[:, None]
+    skin = (
+        SKIN_LIGHT[None, :, None, None] * (1 - mel[:, None]) + SKIN_DARK[None, :, None, None] * mel[:, None]
+    )
     red = P["redness"][:, None] * np.array([1.0, -0.5, -0.6], F32)[None, :, None, None]
     tex = P["tex"] * (0.07 * fnoise(rng, n, S, 2.2) + 0.035 * fnoise(rng, n, S, 0.5))
     alb = skin * (1 + red) * (1 + tex[:, None])
@@ -304,7 +382,9 @@ def live_layers(rng, X, Y, P, pose, dom, bg):
     alb = alb * (1 - bd) + hair_rgb * bd
     sclera = srgb2lin([0.86, 0.83, 0.79])[None, :, None, None]
     iris_rgb = IRIS_RGB[P["iris_c"]][:, :, None, None]
-    eye = regs["eye"][:, None]; iris = regs["iris"][:, None]; pupil = regs["pupil"][:, None]
+    eye = regs["eye"][:, None]
+    iris = regs["iris"][:, None]
+    pupil = regs["pupil"][:, None]
     alb = alb * (1 - eye) + eye * (sclera * (1 - iris) + iris * (iris_rgb * (1 - pupil) + 0.01 * pupil))
     alb = np.where(hair[:, None], hair_rgb * (1 + 0.15 * fnoise(rng, n, S, 0.8)[:, None]), alb)
     alb = np.where(neck[:, None], skin * 0.85, alb)
@@ -317,11 +397,23 @@ def live_layers(rng, X, Y, P, pose, dom, bg):
     nir = nir * (1 - bwn) + hair_nir * bwn
     nir = nir * (1 - regs["beard"] * 0.3) + hair_nir * regs["beard"] * 0.3
     pupil_nir = dom["bright_pupil"]
-    nir = nir * (1 - regs["eye"]) + regs["eye"] * (0.55 * (1 - regs["iris"]) + regs["iris"] * (0.42 * (1 - regs["pupil"]) + pupil_nir * regs["pupil"]))
+    nir = nir * (1 - regs["eye"]) + regs["eye"] * (
+        0.55 * (1 - regs["iris"]) + regs["iris"] * (0.42 * (1 - regs["pupil"]) + pupil_nir * regs["pupil"])
+    )
     nir = np.where(hair, hair_nir * (1 + 0.15 * fnoise(rng, n, S, 0.8)), nir)
     nir = np.where(neck, sk_nir * 0.9, nir)
-    L = dict(D=Dface, fg=fg, alb=alb.astype(F32), nir=nir.astype(F32), skin=(inside & ~hair) | neck, face=inside.copy(),
-             hair=hair, ks=np.where(inside & ~hair, F32(0.06), F32(0.02)), shin=F32(18.0), sss=True)
+    L = dict(
+        D=Dface,
+        fg=fg,
+        alb=alb.astype(F32),
+        nir=nir.astype(F32),
+        skin=(inside & ~hair) | neck,
+        face=inside.copy(),
+        hair=hair,
+        ks=np.where(inside & ~hair, F32(0.06), F32(0.02)),
+        shin=F32(18.0),
+        sss=True,
+    )
     return composite_bg(L, bg)
 
 
@@ -341,7 +433,9 @@ def sample_background(rng, n, S, dom):
     tex = 1 + 0.25 * fnoise(rng, n, S, 3.0)[:, None]
     alb = (base[:, :, None, None] * tex).astype(F32)
     d_bg = rng.uniform(*dom["bg_cm"], n).astype(F32)
-    return dict(alb=alb, nir=col(rng.uniform(0.3, 0.8, n)) * (1 + 0.1 * fnoise(rng, n, S, 3.0)), D_cm=col(d_bg))
+    return dict(
+        alb=alb, nir=col(rng.uniform(0.3, 0.8, n)) * (1 + 0.1 * fnoise(rng, n, S, 3.0)), D_cm=col(d_bg)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,24 +457,33 @@ def shade(L, light, pose, dom, S, rng, micro=0.0, facet=0):
     if facet:
         c = S // facet
         rp = -(-S // c)
-        fx, fy, fz = [np.repeat(np.repeat(resize(a, c, c), rp, -2), rp, -1)[..., :S, :S] for a in (nx, ny, nz)]
+        fx, fy, fz = [
+            np.repeat(np.repeat(resize(a, c, c), rp, -2), rp, -1)[..., :S, :S] for a in (nx, ny, nz)
+        ]
         nx, ny, nz = 0.5 * (nx + fx), 0.5 * (ny + fy), 0.5 * (nz + fz)
-        nrm = np.sqrt(nx ** 2 + ny ** 2 + nz ** 2); nx, ny, nz = nx / nrm, ny / nrm, nz / nrm
+        nrm = np.sqrt(nx**2 + ny**2 + nz**2)
+        nx, ny, nz = nx / nrm, ny / nrm, nz / nrm
     if micro > 0:
-        nx = nx + micro * fnoise(rng, D.shape[0], S, 0.3); ny = ny + micro * fnoise(rng, D.shape[0], S, 0.3)
-        nrm = np.sqrt(nx ** 2 + ny ** 2 + nz ** 2); nx, ny, nz = nx / nrm, ny / nrm, nz / nrm
+        nx = nx + micro * fnoise(rng, D.shape[0], S, 0.3)
+        ny = ny + micro * fnoise(rng, D.shape[0], S, 0.3)
+        nrm = np.sqrt(nx**2 + ny**2 + nz**2)
+        nx, ny, nz = nx / nrm, ny / nrm, nz / nrm
     ao = ambient_occlusion(D, S)
     # perspective view direction (camera at the origin): flat mirrors give a single hot-spot, not a flat glow
     g = np.linspace(-1 + 1 / S, 1 - 1 / S, S, dtype=F32)
-    vx = -g[None, None, :] * W_CM / dist; vy = -g[None, :, None] * W_CM / dist
-    vn = np.sqrt(vx ** 2 + vy ** 2 + 1)
+    vx = -g[None, None, :] * W_CM / dist
+    vy = -g[None, :, None] * W_CM / dist
+    vn = np.sqrt(vx**2 + vy**2 + 1)
     ndv_p = np.clip((nx * vx + ny * vy + nz) / vn, 0, None)
-    l = light["ldir"]
-    ndl = np.clip(nx * col(l[:, 0]) + ny * col(l[:, 1]) + nz * col(l[:, 2]), 0, None)
-    hv = l + np.array([0, 0, 1], F32); hv /= np.linalg.norm(hv, axis=1, keepdims=True)
+    ldir = light["ldir"]
+    ndl = np.clip(nx * col(ldir[:, 0]) + ny * col(ldir[:, 1]) + nz * col(ldir[:, 2]), 0, None)
+    hv = ldir + np.array([0, 0, 1], F32)
+    hv /= np.linalg.norm(hv, axis=1, keepdims=True)
     ndh = np.clip(nx * col(hv[:, 0]) + ny * col(hv[:, 1]) + nz * col(hv[:, 2]), 0, None)
-    diff = col(light["amb"])[:, None] * ao[:, None] * light["amb_color"][:, :, None, None] \
+    diff = (
+        col(light["amb"])[:, None] * ao[:, None] * light["amb_color"][:, :, None, None]
         + (col(light["key"]) * ndl)[:, None] * light["color"][:, :, None, None]
+    )
     spec = (L["ks"] * col(light["key"]) * ndh ** L["shin"])[:, None] * light["color"][:, :, None, None]
     rgb = L["alb"] * diff + spec
     if "emit" in L:  # screens emit light
@@ -394,7 +497,7 @@ def shade(L, light, pose, dom, S, rng, micro=0.0, facet=0):
         diff_ir = np.where(L["skin"], gblur(diff_ir, S / 64.0 * 1.2), diff_ir)
     ks_ir = L.get("ks_ir", L["ks"] * 1.5)
     shin_ir = L.get("shin_ir", L["shin"])
-    ir = diff_ir + ks_ir * (ref / dist) ** 2 * ndv ** shin_ir
+    ir = diff_ir + ks_ir * (ref / dist) ** 2 * ndv**shin_ir
     if "emit_ir" in L:
         ir = ir + L["emit_ir"]
     return rgb.astype(F32), ir.astype(F32), dist.astype(F32)
@@ -414,20 +517,33 @@ def add_glasses(L, P, pose, X, Y, on):
         return L
     pts_x = np.stack([-P["ex"].ravel(), P["ex"].ravel()], 1)
     pts_y = np.stack([P["ey"].ravel(), P["ey"].ravel()], 1)
-    Xe, Ye, Ze = head_to_image(pts_x, pts_y, np.full_like(pts_x, 0.78), pose)
+    Xe, Ye, _ = head_to_image(pts_x, pts_y, np.full_like(pts_x, 0.78), pose)
     k = col(pose["k"])
-    rim = np.zeros_like(X); lens = np.zeros_like(X)
+    rim = np.zeros_like(X)
+    lens = np.zeros_like(X)
     for j in range(2):
-        r = np.sqrt(((X - Xe[:, j, None, None]) / (0.15 * k)) ** 2 + ((Y - Ye[:, j, None, None]) / (0.1 * k)) ** 2)
+        r = np.sqrt(
+            ((X - Xe[:, j, None, None]) / (0.15 * k)) ** 2 + ((Y - Ye[:, j, None, None]) / (0.1 * k)) ** 2
+        )
         rim = np.maximum(rim, (np.abs(r - 1) < 0.12))
         lens = np.maximum(lens, r < 0.95)
     on3 = col(on.astype(F32))
-    rim = rim * on3; lens = lens * on3
+    rim = rim * on3
+    lens = lens * on3
     L["alb"] = L["alb"] * (1 - rim[:, None]) + 0.02 * rim[:, None]
     L["alb"] = L["alb"] * (1 - 0.1 * lens[:, None])
     L["nir"] = L["nir"] * (1 - rim) + 0.15 * rim
     L["lens"] = lens  # depth sensors struggle on lenses; NIR glint added in sensor stage
-    L["glint"] = lens * np.exp(-0.5 * (((X - Xe[:, :1, None].mean(1, keepdims=True)) ** 2 + (Y - Ye[:, :1, None].mean(1, keepdims=True)) ** 2) / 0.0004))
+    L["glint"] = lens * np.exp(
+        -0.5
+        * (
+            (
+                (X - Xe[:, :1, None].mean(1, keepdims=True)) ** 2
+                + (Y - Ye[:, :1, None].mean(1, keepdims=True)) ** 2
+            )
+            / 0.0004
+        )
+    )
     L["D"] = np.where(rim > 0, L["D"] + 0.08, L["D"])
     return L
 
@@ -456,17 +572,22 @@ def source_photo(rng, X, Y, dom_src, S, base=None):
 
 
 def plane_depth(rng, n, X, Y, dom, bend_p=0.0):
-    u = lambda lo, hi: rng.uniform(lo, hi, n).astype(F32)
+    def u(lo, hi):
+        return rng.uniform(lo, hi, n).astype(F32)
+
     gx, gy = u(-0.35, 0.35), u(-0.25, 0.25)  # tilt (image-units depth per image unit)
     bend = np.where(rng.random(n) < bend_p, u(0.15, 0.6), 0).astype(F32)
-    D = col(gx) * X + col(gy) * Y - col(bend) * X ** 2 + col(u(0.3, 0.6))
+    D = col(gx) * X + col(gy) * Y - col(bend) * X**2 + col(u(0.3, 0.6))
     return D, bend > 0
 
 
 def print_transfer(rng, photo, art=1.0):
     """Printing: gamut/contrast compression, ink cast, halftone, paper texture. Returns reflectance."""
     n, _, S, _ = photo.shape
-    u = lambda lo, hi: col(rng.uniform(lo, hi, n))[:, None]
+
+    def u(lo, hi):
+        return col(rng.uniform(lo, hi, n))[:, None]
+
     lum = photo.mean(1, keepdims=True)
     sat = 1 - art * u(0.05, 0.45)
     p = lum + (photo - lum) * sat
@@ -474,10 +595,12 @@ def print_transfer(rng, photo, art=1.0):
     p = black + (white - black) * p ** u(0.85, 1.25)
     p = p * (1 + rng.uniform(-0.06, 0.06, (n, 3, 1, 1)).astype(F32))
     # halftone screen (mostly destroyed by the capture optics at low resolution)
-    f = rng.uniform(0.25, 0.45, n); th = rng.uniform(0, np.pi, n)
+    f = rng.uniform(0.25, 0.45, n)
+    th = rng.uniform(0, np.pi, n)
     yy, xx = np.mgrid[0:S, 0:S].astype(F32)
-    ht = np.cos(2 * np.pi * col(f) * (xx * col(np.cos(th)) + yy * col(np.sin(th)))) * \
-        np.cos(2 * np.pi * col(f) * (-xx * col(np.sin(th)) + yy * col(np.cos(th))))
+    ht = np.cos(2 * np.pi * col(f) * (xx * col(np.cos(th)) + yy * col(np.sin(th)))) * np.cos(
+        2 * np.pi * col(f) * (-xx * col(np.sin(th)) + yy * col(np.cos(th)))
+    )
     p = p * (1 + art * u(0.0, 0.12) * ht[:, None] * (1 - p))
     p = p * (1 + 0.03 * fnoise(rng, n, S, 1.0)[:, None])
     refl = np.clip(p, 0.01, 1) ** 2.2  # to linear reflectance
@@ -490,14 +613,21 @@ def group_print(rng, X, Y, dom, S, cut=False, wrap=False, subj=None):
     bg = sample_background(rng, n, S, dom)
     photo, Ps, pose_s = source_photo(rng, X, Y, dom, S, base=subj)
     refl, ink = print_transfer(rng, photo, dom["art"])
-    D, bent = plane_depth(rng, n, X, Y, dom, bend_p=dom["bend_p"])
+    D, _bent = plane_depth(rng, n, X, Y, dom, bend_p=dom["bend_p"])
     glossy = rng.random(n) < dom["glossy_p"]
     ink_nir = rng.uniform(0.03, 0.85, n).astype(F32)  # dye inkjet ~transparent ... carbon/laser absorbs
     paper_nir = rng.uniform(0.65, 0.92, n).astype(F32)
-    L = dict(D=D, fg=np.ones_like(D, bool), alb=refl, nir=col(paper_nir) * (1 - col(ink_nir) * ink),
-             ks=np.where(col(glossy) > 0, F32(0.25), F32(0.03)) * np.ones_like(D), shin=F32(40.0),
-             skin=np.zeros_like(D, bool))
-    L["ks_ir"] = L["ks"] * 2.0; L["shin_ir"] = F32(60.0)
+    L = dict(
+        D=D,
+        fg=np.ones_like(D, bool),
+        alb=refl,
+        nir=col(paper_nir) * (1 - col(ink_nir) * ink),
+        ks=np.where(col(glossy) > 0, F32(0.25), F32(0.03)) * np.ones_like(D),
+        shin=F32(40.0),
+        skin=np.zeros_like(D, bool),
+    )
+    L["ks_ir"] = L["ks"] * 2.0
+    L["shin_ir"] = F32(60.0)
     # paper edge visible sometimes (background beyond the sheet)
     edge = rng.random(n) < 0.3
     ex = rng.uniform(0.75, 0.98, n)
@@ -509,23 +639,32 @@ def group_print(rng, X, Y, dom, S, cut=False, wrap=False, subj=None):
     L["face"] = Ps["_face"]
     if wrap:  # sheet wrapped over the attacker's head: smooth face-like relief, paper materials
         Pw = sample_identity(rng, n, dom, neutral=True)
-        W = live_layers(rng, X, Y, Pw, dict(pose_s), dom, dict(alb=bg["alb"], nir=bg["nir"], D=np.full_like(D, -5.0)))
+        W = live_layers(
+            rng, X, Y, Pw, dict(pose_s), dom, dict(alb=bg["alb"], nir=bg["nir"], D=np.full_like(D, -5.0))
+        )
         Dw = gblur(np.where(W["fg"], W["D"], W["D"][W["fg"]].min() if W["fg"].any() else 0), 2.5 * S / 64)
         # the photo is cut along its head outline before wrapping: no photo background on the sheet
         sheet = W["fg"] & Ps["_fg"] & (np.abs(X) < 0.95)
-        L["D"] = np.where(sheet, Dw + 0.02, bg["D"]); L["fg"] = sheet
-        L["alb"] = np.where(sheet[:, None], refl, bg["alb"]); L["nir"] = np.where(sheet, L["nir"], bg["nir"])
+        L["D"] = np.where(sheet, Dw + 0.02, bg["D"])
+        L["fg"] = sheet
+        L["alb"] = np.where(sheet[:, None], refl, bg["alb"])
+        L["nir"] = np.where(sheet, L["nir"], bg["nir"])
     if cut:  # CASIA-SURF-style: eyes / nose / mouth cut out, attacker's real face behind
-        Pw = sample_identity(rng, n, dom); pose_w = dict(pose_s); pose_w["k"] = pose_s["k"] * rng.uniform(0.95, 1.08, n).astype(F32)
-        bgw = dict(alb=L["alb"], nir=L["nir"], D=L["D"])
-        W = live_layers(rng, X, Y, Pw, pose_w, dom, dict(alb=bg["alb"], nir=bg["nir"], D=np.full_like(D, -5.0)))
+        Pw = sample_identity(rng, n, dom)
+        pose_w = dict(pose_s)
+        pose_w["k"] = pose_s["k"] * rng.uniform(0.95, 1.08, n).astype(F32)
+        W = live_layers(
+            rng, X, Y, Pw, pose_w, dom, dict(alb=bg["alb"], nir=bg["nir"], D=np.full_like(D, -5.0))
+        )
         which = rng.random((n, 3)) < 0.6
         which[~which.any(1), rng.integers(0, 3)] = True
         xs = np.stack([-Ps["ex"].ravel(), Ps["ex"].ravel(), np.zeros(n), np.zeros(n)], 1)
         ys = np.stack([Ps["ey"].ravel(), Ps["ey"].ravel(), Ps["yn"].ravel(), Ps["ym"].ravel()], 1)
         Xc, Yc, _ = head_to_image(xs, ys, np.full_like(xs, 0.7), pose_s)
         hole = np.zeros_like(X, bool)
-        for j, (rx, ry, w) in enumerate([(0.11, 0.065, 0), (0.11, 0.065, 0), (0.09, 0.12, 1), (0.17, 0.075, 2)]):
+        for j, (rx, ry, w) in enumerate(
+            [(0.11, 0.065, 0), (0.11, 0.065, 0), (0.09, 0.12, 1), (0.17, 0.075, 2)]
+        ):
             m = ((X - Xc[:, j, None, None]) / rx) ** 2 + ((Y - Yc[:, j, None, None]) / ry) ** 2 < 1
             hole |= m & col(which[:, w].astype(F32)).astype(bool)
         offset = col(rng.uniform(0.05, 0.3, n))
@@ -533,7 +672,8 @@ def group_print(rng, X, Y, dom, S, cut=False, wrap=False, subj=None):
         L["D"] = np.where(hole, Dw, L["D"])
         L["alb"] = np.where(hole[:, None], W["alb"], L["alb"])
         L["nir"] = np.where(hole, W["nir"], L["nir"])
-        L["ks"] = np.where(hole, W["ks"], L["ks"]); L["ks_ir"] = np.where(hole, W["ks"] * 1.5, L["ks_ir"])
+        L["ks"] = np.where(hole, W["ks"], L["ks"])
+        L["ks_ir"] = np.where(hole, W["ks"] * 1.5, L["ks_ir"])
         L["skin"] = hole & W["skin"]
         L["sss"] = True
     return L, dict(src_id_P=Ps)
@@ -541,40 +681,61 @@ def group_print(rng, X, Y, dom, S, cut=False, wrap=False, subj=None):
 
 def group_replay(rng, X, Y, dom, S, subj=None):
     n = X.shape[0]
-    bg = sample_background(rng, n, S, dom)
-    photo, Ps, pose_s = source_photo(rng, X, Y, dom, S, base=subj)
-    u = lambda lo, hi: col(rng.uniform(lo, hi, n))
+    sample_background(rng, n, S, dom)  # unused draw, kept: part of the seeded random stream
+    photo, Ps, _ = source_photo(rng, X, Y, dom, S, base=subj)
+
+    def u(lo, hi):
+        return col(rng.uniform(lo, hi, n))
+
     # display transfer: white point, saturation boost, black level (backlight leak), brightness
     wp = (1 + rng.uniform(-0.04, 0.1, (n, 3)) * np.array([-1, 0, 1])).astype(F32)[:, :, None, None]
     lum = photo.mean(1, keepdims=True)
     sat = u(0.95, 1.3)[:, None]
     disp = np.clip(lum + (photo - lum) * sat, 0, 1) * wp
     disp = u(0.02, 0.07)[:, None] + (1 - u(0.02, 0.07)[:, None]) * disp
-    emit = (disp ** 2.2) * u(0.45, 1.1)[:, None]
+    emit = (disp**2.2) * u(0.45, 1.1)[:, None]
     # moire from screen pixel grid x camera sensor grid (aliased low-frequency beat)
     yy, xx = np.mgrid[0:S, 0:S].astype(F32)
     mo = np.zeros((n, S, S), F32)
     for _ in range(2):
-        per = rng.uniform(3.0, 12.0, n); th = rng.uniform(0, np.pi, n); ph = rng.uniform(0, 2 * np.pi, n)
+        per = rng.uniform(3.0, 12.0, n)
+        th = rng.uniform(0, np.pi, n)
+        ph = rng.uniform(0, 2 * np.pi, n)
         mo += np.cos(2 * np.pi / col(per) * (xx * col(np.cos(th)) + yy * col(np.sin(th))) + col(ph))
     emit = emit * (1 + (dom["art"] * u(0.0, 0.12) * mo)[:, None])
     # glare: scene reflection on the glass
     gxy = rng.uniform(-0.8, 0.8, (n, 2))
-    glare = dom["art"] * u(0.0, 0.35) * np.exp(-0.5 * ((X - col(gxy[:, 0])) ** 2 + (Y - col(gxy[:, 1])) ** 2) / u(0.05, 0.4) ** 2)
+    glare = (
+        dom["art"]
+        * u(0.0, 0.35)
+        * np.exp(-0.5 * ((X - col(gxy[:, 0])) ** 2 + (Y - col(gxy[:, 1])) ** 2) / u(0.05, 0.4) ** 2)
+    )
     emit = emit + glare[:, None] * np.array([1, 1, 1], F32)[None, :, None, None]
     D, _ = plane_depth(rng, n, X, Y, dom, bend_p=0.0)
     D = D * 0.6 + 0.5
-    L = dict(D=D, fg=np.ones_like(D, bool), alb=np.full((n, 3, S, S), 0.04, F32), emit=emit.astype(F32), face=Ps["_face"],
-             nir=np.full_like(D, 0.03), ks=np.full_like(D, 0.5), shin=F32(200.0), skin=np.zeros_like(D, bool),
-             screen=np.ones_like(D, bool))
-    L["ks_ir"] = np.full_like(D, 3.0); L["shin_ir"] = F32(400.0)
+    L = dict(
+        D=D,
+        fg=np.ones_like(D, bool),
+        alb=np.full((n, 3, S, S), 0.04, F32),
+        emit=emit.astype(F32),
+        face=Ps["_face"],
+        nir=np.full_like(D, 0.03),
+        ks=np.full_like(D, 0.5),
+        shin=F32(200.0),
+        skin=np.zeros_like(D, bool),
+        screen=np.ones_like(D, bool),
+    )
+    L["ks_ir"] = np.full_like(D, 3.0)
+    L["shin_ir"] = F32(400.0)
     L["emit_ir"] = u(0.0, 0.03) * lum[:, 0]  # LCD/OLED emit ~no NIR: content invisible in IR
     # bezel visible for phones
     phone = rng.random(n) < 0.35
     bx = rng.uniform(0.7, 0.95, n)
     bez = (np.abs(X) > col(bx)) & col(phone.astype(F32)).astype(bool)
-    L["alb"] = np.where(bez[:, None], 0.02, L["alb"]); L["emit"] = np.where(bez[:, None], 0, L["emit"])
-    L["nir"] = np.where(bez, 0.08, L["nir"]); L["emit_ir"] = np.where(bez, 0, L["emit_ir"])
+    L["alb"] = np.where(bez[:, None], 0.02, L["alb"])
+    L["emit"] = np.where(bez[:, None], 0, L["emit"])
+    L["nir"] = np.where(bez, 0.08, L["nir"])
+    L["emit_ir"] = np.where(bez, 0, L["emit_ir"])
     return L, {}
 
 
@@ -584,7 +745,8 @@ MASK_TYPES = ["rigid", "silicone", "paper", "mannequin"]
 def group_mask(rng, X, Y, dom, S, mtype, subj=None):
     n = X.shape[0]
     bg = sample_background(rng, n, S, dom)
-    bgD = np.full((n, S, S), -9.0, F32); bg["D"] = bgD
+    bgD = np.full((n, S, S), -9.0, F32)
+    bg["D"] = bgD
     pose = sample_pose(rng, n, dom)
     Pw = sample_identity(rng, n, dom)  # wearer
     Pm = sample_identity(rng, n, dom, neutral=True, base=subj)  # mask = target identity, no expression
@@ -594,7 +756,7 @@ def group_mask(rng, X, Y, dom, S, mtype, subj=None):
     M = live_layers(rng, X, Y, Pm, pose, dom, bg)
     thick = {"rigid": 0.06, "silicone": 0.02, "paper": 0.08, "mannequin": 0.0}[mtype]
     Dm = M["D"] + thick
-    x, y, z, D0, inside_m, aux = image_to_head(X, Y, Pm, pose)
+    x, y, _, _, inside_m, _ = image_to_head(X, Y, Pm, pose)
     if mtype == "mannequin":
         cover = M["fg"]
         hole = np.zeros_like(cover)
@@ -606,8 +768,11 @@ def group_mask(rng, X, Y, dom, S, mtype, subj=None):
         for s in (-1, 1):
             hole |= ((x - s * Pm["ex"]) / 0.075) ** 2 + ((y - Pm["ey"]) / 0.035) ** 2 < 1
         cover &= ~hole
+
     # material appearance
-    u = lambda lo, hi: col(rng.uniform(lo, hi, n))
+    def u(lo, hi):
+        return col(rng.uniform(lo, hi, n))
+
     if mtype == "paper":
         photo, _, _ = source_photo(rng, X, Y, dom, S, base=subj)
         alb, ink = print_transfer(rng, np.clip(photo * 1.35, 0, 1), dom["art"])
@@ -646,8 +811,9 @@ def group_partial(rng, X, Y, dom, S, ptype, subj=None):
     P = sample_identity(rng, n, dom, base=subj)  # the subject obfuscates their own face
     P["glasses"] = np.zeros_like(P["glasses"])
     L = live_layers(rng, X, Y, P, pose, dom, bg)
-    pts_x = np.stack([-P["ex"].ravel(), P["ex"].ravel()], 1); pts_y = np.stack([P["ey"].ravel(), P["ey"].ravel()], 1)
-    Xe, Ye, Ze = head_to_image(pts_x, pts_y, np.full_like(pts_x, 0.75), pose)
+    pts_x = np.stack([-P["ex"].ravel(), P["ex"].ravel()], 1)
+    pts_y = np.stack([P["ey"].ravel(), P["ey"].ravel()], 1)
+    Xe, Ye, _ = head_to_image(pts_x, pts_y, np.full_like(pts_x, 0.75), pose)
     k = col(pose["k"])
     Xm, Ym = Xe.mean(1)[:, None, None], Ye.mean(1)[:, None, None]
     Dfront = L["D"].max(axis=(1, 2), keepdims=True) - 0.05
@@ -656,15 +822,22 @@ def group_partial(rng, X, Y, dom, S, ptype, subj=None):
         photo, _, _ = source_photo(rng, X + 0 * Xm, Y - Ym + col(rng.uniform(-0.15, -0.05, n)), dom, S)
         alb, ink = print_transfer(rng, photo, dom["art"])
         L["alb"] = np.where(band[:, None], alb, L["alb"])
-        L["nir"] = np.where(band, col(rng.uniform(0.65, 0.9, n)) * (1 - col(rng.uniform(0.03, 0.85, n)) * ink), L["nir"])
+        L["nir"] = np.where(
+            band, col(rng.uniform(0.65, 0.9, n)) * (1 - col(rng.uniform(0.03, 0.85, n)) * ink), L["nir"]
+        )
         L["D"] = np.where(band, Dfront + 0.02 * (X - Xm), L["D"])
     else:  # funny-eyes glasses: plastic cartoon eyes on a frame
         band = np.zeros_like(X, bool)
         for j in range(2):
             r = np.sqrt((X - Xe[:, j, None, None]) ** 2 + (Y - Ye[:, j, None, None]) ** 2) / (0.13 * k)
             disk = r < 1
-            pup = np.sqrt((X - Xe[:, j, None, None] - col(rng.uniform(-0.05, 0.05, n)) * k) ** 2 +
-                          (Y - Ye[:, j, None, None] - col(rng.uniform(-0.03, 0.05, n)) * k) ** 2) < 0.055 * k
+            pup = (
+                np.sqrt(
+                    (X - Xe[:, j, None, None] - col(rng.uniform(-0.05, 0.05, n)) * k) ** 2
+                    + (Y - Ye[:, j, None, None] - col(rng.uniform(-0.03, 0.05, n)) * k) ** 2
+                )
+                < 0.055 * k
+            )
             L["alb"] = np.where(disk[:, None], np.where(pup[:, None], 0.01, 0.75), L["alb"])
             L["nir"] = np.where(disk, np.where(pup, col(rng.uniform(0.05, 0.6, n)), 0.8), L["nir"])
             band |= disk
@@ -681,11 +854,14 @@ def group_partial(rng, X, Y, dom, S, ptype, subj=None):
 
 def sensor_rgb(rng, rgb, dom):
     n, _, S, _ = rgb.shape
-    u = lambda lo, hi: rng.uniform(lo, hi, n).astype(F32)
+
+    def u(lo, hi):
+        return rng.uniform(lo, hi, n).astype(F32)
+
     wb = (np.array(dom["rgb_cast"], F32)[None] * (1 + rng.normal(0, dom["cast_jitter"], (n, 3)))).astype(F32)
     x = rgb * wb[:, :, None, None] * col(u(*dom["exposure"]))[:, None]
     yy, xx = np.mgrid[0:S, 0:S].astype(F32) / (S / 2) - 1
-    x = x * (1 - dom["vignette"] * (xx ** 2 + yy ** 2) / 2)
+    x = x * (1 - dom["vignette"] * (xx**2 + yy**2) / 2)
     x = lowres(x, dom["rgb_res"], dom["rgb_blur"] * S / 64)
     sig = np.sqrt(np.clip(x, 0, None) * dom["rgb_shot"] + dom["rgb_read"] ** 2)
     x = x + sig * rng.standard_normal(x.shape).astype(F32)
@@ -707,7 +883,7 @@ def sensor_ir(rng, ir, L, dom, S):
     if "glint" in L:
         x = x + 1.5 * L["glint"]
     yy, xx = np.mgrid[0:S, 0:S].astype(F32) / (S / 2) - 1
-    x = x * (1 - dom["ir_vignette"] * (xx ** 2 + yy ** 2) / 2)
+    x = x * (1 - dom["ir_vignette"] * (xx**2 + yy**2) / 2)
     x = lowres(x, dom["ir_res"], 0.3 * S / 64)
     x = x + dom["ir_noise"] * rng.standard_normal(x.shape).astype(F32) * np.sqrt(np.clip(x, 0.02, None))
     x = np.clip(x, 0, 1) ** (1 / dom["ir_gamma"])
@@ -730,7 +906,7 @@ def sensor_depth(rng, dist, L, dom, S, nir_refl):
     if "screen" in L:
         inv_refl &= ~L["screen"]
     gy, gx = np.gradient(dist, axis=(-2, -1))
-    edge = np.sqrt(gx ** 2 + gy ** 2) > dom["d_edge_cm"]
+    edge = np.sqrt(gx**2 + gy**2) > dom["d_edge_cm"]
     edge &= rng.random((n, S, S)) < 0.7
     drop = gblur(rng.random((n, S, S)).astype(F32), 1.2 * S / 64) < dom["d_drop"]
     invalid |= inv_refl | edge | drop
@@ -742,12 +918,12 @@ def sensor_depth(rng, dist, L, dom, S, nir_refl):
         invalid |= L["screen"] & (blob > thr)
     if "lens" in L:
         invalid |= (L["lens"] > 0) & (rng.random((n, S, S)) < 0.5)
-    fg = L["fg"]
     if dom["d_norm"] == "minmax":  # per-sample normalisation of the foreground range (near = bright)
         zf = np.where(L["face"] & ~invalid, z, np.nan)
         lo = np.nanpercentile(zf.reshape(n, -1), 2, axis=1)[:, None, None]
         hi = np.nanpercentile(zf.reshape(n, -1), 98, axis=1)[:, None, None]
-        lo = np.where(np.isfinite(lo), lo, 40); hi = np.where(np.isfinite(hi), hi, 60)
+        lo = np.where(np.isfinite(lo), lo, 40)
+        hi = np.where(np.isfinite(hi), hi, 60)
         hi = np.maximum(hi, lo + dom["d_min_span_cm"])
         d = 0.15 + 0.85 * np.clip((hi - z) / (hi - lo), 0, 1)
     else:  # fixed working range
@@ -760,14 +936,51 @@ def sensor_depth(rng, dist, L, dom, S, nir_refl):
     return u8
 
 
-ATTACK_TYPES = ("print", "print_cut", "print_wrap", "replay", "mask_rigid", "mask_silicone", "mask_paper",
-                "mask_mannequin", "partial_funny", "partial_paperglasses")
+ATTACK_TYPES = (
+    "print",
+    "print_cut",
+    "print_wrap",
+    "replay",
+    "mask_rigid",
+    "mask_silicone",
+    "mask_paper",
+    "mask_mannequin",
+    "partial_funny",
+    "partial_paperglasses",
+)
 """Every presentation-attack species the renderer draws (``attack_type`` strings; bona fide rows are "live")."""
 
 # identity (per-subject) parameters; everything else drawn by ``sample_identity`` is per session / video
-INTRINSIC_KEYS = ("ax", "ay", "yc", "az", "jaw", "ex", "ey", "socket", "eyeball", "brow", "yn", "nose_h", "nose_tip",
-                  "cheek", "ym", "mw", "lip", "chin", "hairline", "longhair", "hair_vol", "melanin", "redness",
-                  "hair_c", "iris_c", "brow_dark", "beard", "tex")
+INTRINSIC_KEYS = (
+    "ax",
+    "ay",
+    "yc",
+    "az",
+    "jaw",
+    "ex",
+    "ey",
+    "socket",
+    "eyeball",
+    "brow",
+    "yn",
+    "nose_h",
+    "nose_tip",
+    "cheek",
+    "ym",
+    "mw",
+    "lip",
+    "chin",
+    "hairline",
+    "longhair",
+    "hair_vol",
+    "melanin",
+    "redness",
+    "hair_c",
+    "iris_c",
+    "brow_dark",
+    "beard",
+    "tex",
+)
 
 
 class VideoRNG:
@@ -837,14 +1050,18 @@ def render_group(rng, frng, kind, n, dom, S, subj=None):
     facet = 0
     micro = 0.0
     if kind == "live":
-        pose = sample_pose(rng, n, dom); P = sample_identity(rng, n, dom, base=subj)
-        bg = sample_background(rng, n, S, dom); bg["D"] = np.full((n, S, S), -9.0, F32)
+        pose = sample_pose(rng, n, dom)
+        P = sample_identity(rng, n, dom, base=subj)
+        bg = sample_background(rng, n, S, dom)
+        bg["D"] = np.full((n, S, S), -9.0, F32)
         L = live_layers(rng, X, Y, P, pose, dom, bg)
         L = add_glasses(L, P, pose, X, Y, P["glasses"].ravel() > 0)
         micro = 0.06
     elif kind in ("print", "print_cut", "print_wrap"):
         pose = sample_pose(rng, n, dom)
-        L, _ = group_print(rng, X, Y, dom, S, cut=(kind == "print_cut"), wrap=(kind == "print_wrap"), subj=subj)
+        L, _ = group_print(
+            rng, X, Y, dom, S, cut=(kind == "print_cut"), wrap=(kind == "print_wrap"), subj=subj
+        )
     elif kind == "replay":
         pose = sample_pose(rng, n, dom)
         L, _ = group_replay(rng, X, Y, dom, S, subj=subj)
@@ -854,7 +1071,9 @@ def render_group(rng, frng, kind, n, dom, S, subj=None):
         if kind == "mask_paper":
             facet = max(4, S // 10)
     elif kind in ("partial_funny", "partial_paperglasses"):
-        L, info = group_partial(rng, X, Y, dom, S, "funny" if kind == "partial_funny" else "paper_glasses", subj=subj)
+        L, info = group_partial(
+            rng, X, Y, dom, S, "funny" if kind == "partial_funny" else "paper_glasses", subj=subj
+        )
         pose = info["pose"]
         micro = 0.04
     else:
@@ -864,7 +1083,9 @@ def render_group(rng, frng, kind, n, dom, S, subj=None):
     if kind != "live":  # attack sessions were captured under slightly different conditions
         cb = dom["attack_session"]
         pose["dist"] = pose["dist"] + cb["dist_cm"]
-        light = dict(light); light["amb"] = light["amb"] * cb["rgb_gain"]; light["key"] = light["key"] * cb["rgb_gain"]
+        light = dict(light)
+        light["amb"] = light["amb"] * cb["rgb_gain"]
+        light["key"] = light["key"] * cb["rgb_gain"]
         light["ir_amb"] = light["ir_amb"] + cb["ir_amb"]
         dom = dict(dom, ir_gain=dom["ir_gain"] * cb["ir_gain"])
     if "dist_override" not in L:
@@ -873,7 +1094,8 @@ def render_group(rng, frng, kind, n, dom, S, subj=None):
     if facet and L.get("facet_mask") is not None:
         rgb2, ir2, _ = shade(L, light, pose, dom, S, rng, micro=micro, facet=0)
         fm = L["facet_mask"]
-        rgb = np.where(fm[:, None], rgb, rgb2); ir = np.where(fm, ir, ir2)
+        rgb = np.where(fm[:, None], rgb, rgb2)
+        ir = np.where(fm, ir, ir2)
     out_rgb = sensor_rgb(frng, rgb, dom)
     out_ir = sensor_ir(frng, ir, L, dom, S)
     out_d = sensor_depth(frng, dist, L, dom, S, L["nir"])

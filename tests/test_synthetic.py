@@ -1,4 +1,5 @@
 """Tests of the embedded synthetic multimodal FAS benchmark (modeling_bigmoe.synthetic). Tiny sizes: seconds."""
+
 import dataclasses
 import hashlib
 import io
@@ -44,8 +45,9 @@ def test_determinism_same_seed_identical_bytes_different_seed_differs():
     f = sy.generate_domain("W", 130, size=16, seed=0, num_workers=3)
     assert _digest(e) == _digest(f)
     # different domain name with the same seed is a different stream as well
-    d = sy.generate_domain(dataclasses.replace(sy.DOMAIN_PROFILES["C"], name="C2"), 10, size=32, seed=3,
-                           frames_per_video=2)
+    d = sy.generate_domain(
+        dataclasses.replace(sy.DOMAIN_PROFILES["C"], name="C2"), 10, size=32, seed=3, frames_per_video=2
+    )
     assert not np.array_equal(a["rgb"], d["rgb"])
 
 
@@ -133,8 +135,11 @@ def test_replay_ir_darker_and_print_depth_flatter_than_live(dn):
     rep = sy.generate_domain(_only(dn, "replay"), 16, **kw)
     prt = sy.generate_domain(_only(dn, "print"), 16, **kw)
     c = slice(8, 24)
+
     # screens emit (almost) no NIR: apart from the illuminator hot-spot the displayed face is dark
-    med = lambda a: np.median(a[:, c, c].reshape(len(a), -1), axis=1).mean()
+    def med(a):
+        return np.median(a[:, c, c].reshape(len(a), -1), axis=1).mean()
+
     assert med(rep["ir"]) < 0.6 * med(live["ir"]), (med(rep["ir"]), med(live["ir"]))
     # a print is a (tilted / slightly bent) plane: little depth relief left after removing the best plane
     rl, rp = _plane_residual(live["depth"], c).mean(), _plane_residual(prt["depth"], c).mean()
@@ -165,9 +170,16 @@ def test_linear_baseline_all_modalities_beat_rgb_only():
 
     out = sy.generate_domain("C", 240, size=32, seed=5, frames_per_video=2)
     split = sy.split_by_subject(out["subject_id"], (0.5, 0.0, 0.5), seed=0)
-    pool = lambda a: a.reshape(len(a), 8, 4, 8, 4, -1).mean((2, 4)).reshape(len(a), -1) / 255.0
-    feats = {"rgb": pool(out["rgb"]), "all": np.concatenate([pool(out["rgb"]), pool(out["depth"][..., None]),
-                                                             pool(out["ir"][..., None])], 1)}
+
+    def pool(a):
+        return a.reshape(len(a), 8, 4, 8, 4, -1).mean((2, 4)).reshape(len(a), -1) / 255.0
+
+    feats = {
+        "rgb": pool(out["rgb"]),
+        "all": np.concatenate(
+            [pool(out["rgb"]), pool(out["depth"][..., None]), pool(out["ir"][..., None])], 1
+        ),
+    }
     y, tr, te = out["label"], split == 0, split == 2
     auc = {}
     for k, X in feats.items():
@@ -184,14 +196,28 @@ def test_linear_baseline_all_modalities_beat_rgb_only():
 def test_benchmark_schema_subject_disjoint_and_pixels_roundtrip(tmp_path):
     import datasets
 
-    dd = sy.load_synthetic_benchmark(("C", "S"), samples_per_domain=24, size=16, seed=0, frames_per_video=2,
-                                     cache_dir=tmp_path, progress=False)
+    dd = sy.load_synthetic_benchmark(
+        ("C", "S"),
+        samples_per_domain=24,
+        size=16,
+        seed=0,
+        frames_per_video=2,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert list(dd) == ["train", "validation", "test"]
-    expected = datasets.Features({
-        "rgb": datasets.Image(), "depth": datasets.Image(), "ir": datasets.Image(),
-        "label": datasets.ClassLabel(names=["spoof", "live"]), "domain": datasets.Value("string"),
-        "attack_type": datasets.Value("string"), "subject_id": datasets.Value("string"),
-        "video_id": datasets.Value("string")})
+    expected = datasets.Features(
+        {
+            "rgb": datasets.Image(),
+            "depth": datasets.Image(),
+            "ir": datasets.Image(),
+            "label": datasets.ClassLabel(names=["spoof", "live"]),
+            "domain": datasets.Value("string"),
+            "attack_type": datasets.Value("string"),
+            "subject_id": datasets.Value("string"),
+            "video_id": datasets.Value("string"),
+        }
+    )
     for split in dd.values():
         assert split.features == expected
         assert set(split["domain"]) == {"C", "S"}  # every split holds every domain
@@ -214,8 +240,11 @@ def test_benchmark_schema_subject_disjoint_and_pixels_roundtrip(tmp_path):
 
 
 def _tree(root):
-    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
-                  for d, _, fs in os.walk(root) for f in fs)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
+        for d, _, fs in os.walk(root)
+        for f in fs
+    )
 
 
 def test_cache_hit_same_data_writes_nothing_and_is_fast(tmp_path):
@@ -261,30 +290,52 @@ def test_failure_mid_generation_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_user_defined_profile_in_benchmark(tmp_path):
-    prof = sy.DomainProfile(name="X", attacks={"replay": 1.0, "mask_paper": 1.0}, live_frac=0.5,
-                            d_norm="fixed", jpeg_rgb=None, ir_dots=0.3, bg_removed=True)
+    prof = sy.DomainProfile(
+        name="X",
+        attacks={"replay": 1.0, "mask_paper": 1.0},
+        live_frac=0.5,
+        d_norm="fixed",
+        jpeg_rgb=None,
+        ir_dots=0.3,
+        bg_removed=True,
+    )
     out = sy.generate_domain(prof, 8, size=16, seed=0)
     assert set(out["attack_type"]) == {"live", "replay", "mask_paper"}
     assert out["label"].sum() == 4
-    dd = sy.load_synthetic_benchmark([prof, "S"], samples_per_domain=8, size=16, frames_per_video=1,
-                                     cache_dir=tmp_path, progress=False)
+    dd = sy.load_synthetic_benchmark(
+        [prof, "S"], samples_per_domain=8, size=16, frames_per_video=1, cache_dir=tmp_path, progress=False
+    )
     doms = set().union(*(set(s["domain"]) for s in dd.values()))
     assert doms == {"X", "S"}
-    assert all(v.startswith("X/") for s in dd.values() for v, d in zip(s["video_id"], s["domain"]) if d == "X")
+    assert all(
+        v.startswith("X/") for s in dd.values() for v, d in zip(s["video_id"], s["domain"]) if d == "X"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(rgb_read=-0.1), "rgb_read"), (dict(ir_noise=-1.0), "ir_noise"), (dict(d_noise=-0.5), "d_noise"),
-    (dict(live_frac=1.5), "live_frac"), (dict(p_glasses=-0.1), "p_glasses"), (dict(d_drop=2.0), "d_drop"),
-    (dict(attacks={"deepfake": 1.0}), "attacks"), (dict(attacks={}, live_frac=0.5), "attacks"),
-    (dict(d_norm="log"), "d_norm"), (dict(dist_cm=(70.0, 40.0)), "dist_cm"), (dict(jpeg_rgb=(90, 90)), "jpeg_rgb"),
-    (dict(rgb_res=0.0), "rgb_res"), (dict(pose_deg=(60.0, 0.0, 0.0)), "pose_deg"),
-    (dict(attack_session=sy.AttackSession(rgb_gain=0.0)), "attack_session.rgb_gain"),
-    (dict(hair_p=(1.0, 0.0)), "hair_p"), (dict(name=""), "name"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(rgb_read=-0.1), "rgb_read"),
+        (dict(ir_noise=-1.0), "ir_noise"),
+        (dict(d_noise=-0.5), "d_noise"),
+        (dict(live_frac=1.5), "live_frac"),
+        (dict(p_glasses=-0.1), "p_glasses"),
+        (dict(d_drop=2.0), "d_drop"),
+        (dict(attacks={"deepfake": 1.0}), "attacks"),
+        (dict(attacks={}, live_frac=0.5), "attacks"),
+        (dict(d_norm="log"), "d_norm"),
+        (dict(dist_cm=(70.0, 40.0)), "dist_cm"),
+        (dict(jpeg_rgb=(90, 90)), "jpeg_rgb"),
+        (dict(rgb_res=0.0), "rgb_res"),
+        (dict(pose_deg=(60.0, 0.0, 0.0)), "pose_deg"),
+        (dict(attack_session=sy.AttackSession(rgb_gain=0.0)), "attack_session.rgb_gain"),
+        (dict(hair_p=(1.0, 0.0)), "hair_p"),
+        (dict(name=""), "name"),
+    ],
+)
 def test_bad_profile_fields_raise_naming_the_field(changes, field):
     prof = dataclasses.replace(sy.DOMAIN_PROFILES["C"], **changes)
     with pytest.raises(ValueError, match=f"'{field}'"):
@@ -328,4 +379,4 @@ def test_contact_sheet_cli(tmp_path):
     assert im.size == (150 + 2 * (3 * 16 + 6), 22 + len(ALL) * 16)
     assert os.listdir(tmp_path) == ["sheet.png"]
     arr = np.asarray(im)
-    assert arr[22:, 150:150 + 48].std() > 10  # tiles were drawn
+    assert arr[22:, 150 : 150 + 48].std() > 10  # tiles were drawn
