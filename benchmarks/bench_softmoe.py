@@ -7,8 +7,8 @@ The MLP is CLIP-B's: Linear(768, 3072) -> QuickGELU -> Linear(3072, 768). The So
 4 experts with a 64-wide bottleneck; its slots follow the layer's rule for the token count it is built
 for (197 tokens -> 196 slots, 589 = 1 + 3 * 196 tokens -> 588 slots), and at 589 tokens the paper's fixed
 196 slots are timed as well. Each figure is the median of ``--repeats`` timed calls after two warm-up
-calls (MLP and Soft MoE calls interleaved); the ratio is Soft MoE time / MLP time, beside the ratio
-of multiply-accumulates.
+calls (MLP and Soft MoE calls interleaved); the ratio is Soft MoE time / MLP time, in wall time and in
+process CPU time, beside the ratio of multiply-accumulates.
 """
 import argparse
 import statistics
@@ -50,17 +50,24 @@ def make_call(module, x, backward):
 
 
 def time_interleaved(calls, repeats):
-    """Median seconds per call; the calls are interleaved so that load from other processes hits all alike."""
+    """Median (wall, CPU) seconds per call.
+
+    The calls are interleaved so that load from other processes hits all alike; the process CPU time
+    (summed over threads) is reported beside the wall time because it is far less sensitive to a
+    machine shared with other jobs.
+    """
     for call in calls:
         call()
         call()
-    times = [[] for _ in calls]
+    wall = [[] for _ in calls]
+    cpu = [[] for _ in calls]
     for _ in range(repeats):
-        for call, ts in zip(calls, times):
-            t = time.perf_counter()
+        for call, w, c in zip(calls, wall, cpu):
+            t, tc = time.perf_counter(), time.process_time()
             call()
-            ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
+            w.append(time.perf_counter() - t)
+            c.append(time.process_time() - tc)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
 
 
 def macs(n, s, dim, experts_dim, hidden=3072):
@@ -84,19 +91,21 @@ def main(argv=None):
     print(f"batch {args.batch}, {args.threads} threads, {mode}, median of {args.repeats}; "
           f"MLP params {sum(p.numel() for p in mlp.parameters()):,}")
     print(f"{'tokens':>6} {'slots':>5} {'combine':>16} {'params':>8} {'MLP ms':>8} {'MoE ms':>8} "
-          f"{'MoE/MLP':>8} {'MAC ratio':>9}")
+          f"{'MoE/MLP':>8} {'cpu MLP':>8} {'cpu MoE':>8} {'cpu rat':>8} {'MAC rat':>8}")
     cases = [(197, {"num_tokens": 197}), (589, {"num_tokens": 589}), (589, {"slots_per_expert": 49})]
     for n, slot_kw in cases:
         x = torch.randn(args.batch, n, dim)
         layers = [LaSoftMoeLayer(dim, num_experts=4, expert_dim=args.expert_dim, combine=combine,
                                  combine_norm=norm, zero_init_output=False, **slot_kw)
                   for combine, norm in (("softmax", "none"), ("linear", "instance"))]
-        t_mlp, *t_moes = time_interleaved([make_call(m, x, args.backward) for m in [mlp, *layers]], args.repeats)
-        for layer, t_moe in zip(layers, t_moes):
+        (w_mlp, c_mlp), *t_moes = time_interleaved([make_call(m, x, args.backward) for m in [mlp, *layers]],
+                                                   args.repeats)
+        for layer, (w_moe, c_moe) in zip(layers, t_moes):
             n_params = sum(p.numel() for p in layer.parameters())
             mac_mlp, mac_moe = macs(n, layer.num_slots, dim, args.expert_dim)
             print(f"{n:>6} {layer.num_slots:>5} {layer.combine + '/' + layer.combine_norm:>16} {n_params:>8,} "
-                  f"{1e3 * t_mlp:>8.2f} {1e3 * t_moe:>8.2f} {t_moe / t_mlp:>8.2f} {mac_moe / mac_mlp:>9.2f}")
+                  f"{1e3 * w_mlp:>8.2f} {1e3 * w_moe:>8.2f} {w_moe / w_mlp:>8.2f} "
+                  f"{1e3 * c_mlp:>8.2f} {1e3 * c_moe:>8.2f} {c_moe / c_mlp:>8.2f} {mac_moe / mac_mlp:>8.2f}")
 
 if __name__ == "__main__":
     main()

@@ -327,9 +327,10 @@ class LaSoftMoeLayer(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``L = scale * l2norm(x) . l2norm(Phi)``: ``x`` (b, n, d) -> (b, n, s), in [-scale, scale]."""
-        x_hat = F.normalize(x, dim=-1, eps=self.norm_eps)
-        phi_hat = F.normalize(self.slot_weight, dim=0, eps=self.norm_eps)
-        return torch.einsum("bnd,ds->bns", x_hat, phi_hat * self.scale)
+        phi_hat = F.normalize(self.slot_weight, dim=0, eps=self.norm_eps) * self.scale
+        # (x / |x|) Phi^ == (x Phi^) / |x|: the division runs on (b, n, s) instead of (b, n, d)
+        x_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.norm_eps)
+        return (x @ phi_hat) / x_norm
 
     def combine_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """Combine weights C (b, n, s) from the logits; every token's row sums to 1."""
@@ -350,12 +351,12 @@ class LaSoftMoeLayer(nn.Module):
         logits = self.logits(x)
         dispatch = logits.softmax(dim=1)
         # slot inputs X~ = D^T X: (b, s, d) -> (b, e, p, d)
-        slots = torch.einsum("bns,bnd->bsd", dispatch, x).reshape(b, e, p, d)
+        slots = (dispatch.transpose(1, 2) @ x).reshape(b, e, p, d)
         # every expert on its own slots, batched
         slot_out = self.experts(slots).reshape(b, e * p, d)
         # combine: Y = C Y~
         combine = self.combine_weights(logits)
-        y = torch.einsum("bns,bsd->bnd", combine, slot_out)
+        y = combine @ slot_out
         if return_weights:
             return y, dispatch, combine
         return y

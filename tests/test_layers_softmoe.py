@@ -257,3 +257,13 @@ def test_bad_input_shape():
         layer(torch.randn(2, 5, 7))
     with pytest.raises(ValueError, match="x must be"):
         layer(torch.randn(5, 8))
+
+
+def test_bfloat16_close_to_float32():
+    torch.manual_seed(10)
+    layer = _layer("linear", "instance", "elu1", scale_init=3.0)
+    x = torch.randn(2, 6, 8)
+    ref = layer(x)
+    out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
