@@ -21,8 +21,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_bigmoe.layers_peer import quick_gelu  # noqa: E402
-from modeling_bigmoe.layers_softmoe import LaSoftMoeLayer  # noqa: E402
+from modeling_bigmoe.layers_peer import quick_gelu
+from modeling_bigmoe.layers_softmoe import LaSoftMoeLayer
 
 
 class ClipMLP(nn.Module):

@@ -62,13 +62,13 @@ from .layers_peer import quick_gelu
 __all__ = [
     "COMBINE_MODES",
     "COMBINE_NORMS",
-    "PHI_KINDS",
     "EXPERT_ACTIVATIONS",
-    "resolve_num_slots",
-    "instance_norm_over_tokens",
-    "LaSoftMoeFeatureMap",
+    "PHI_KINDS",
     "LaSoftMoeExperts",
+    "LaSoftMoeFeatureMap",
     "LaSoftMoeLayer",
+    "instance_norm_over_tokens",
+    "resolve_num_slots",
 ]
 
 COMBINE_MODES = ("softmax", "linear")
@@ -345,7 +345,7 @@ class LaSoftMoeLayer(nn.Module):
         """``x`` (b, n, d) -> ``y`` (b, n, d) [, dispatch (b, n, s), combine (b, n, s)]."""
         if x.dim() != 3 or x.shape[-1] != self.dim or x.shape[1] == 0:
             raise ValueError(f"LaSoftMoeLayer: x must be (b, n>0, {self.dim}), got {tuple(x.shape)}")
-        b, n, d = x.shape
+        b, _n, d = x.shape
         e, p = self.num_experts, self.slots_per_expert
         # logits and dispatch: softmax over the tokens for each slot
         logits = self.logits(x)

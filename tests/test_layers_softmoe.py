@@ -20,15 +20,15 @@ ALL_COMBINES = [("softmax", "none", "elu1"), ("softmax", "instance", "elu1"),
 
 
 def _layer(combine="linear", combine_norm="instance", phi="elu1", **kw):
-    base = dict(num_experts=3, slots_per_expert=2, expert_dim=5, combine=combine, combine_norm=combine_norm,
-                phi=phi, zero_init_output=False)
+    base = {"num_experts": 3, "slots_per_expert": 2, "expert_dim": 5, "combine": combine, "combine_norm": combine_norm,
+                "phi": phi, "zero_init_output": False}
     base.update(kw)
     return LaSoftMoeLayer(8, **base)
 
 
 def _reference_soft_moe(layer: LaSoftMoeLayer, x: torch.Tensor) -> torch.Tensor:
     """Soft MoE as in Puigcerver et al., Algorithm 1/2, written with loops over batch, slots and tokens."""
-    b, n, d = x.shape
+    b, n, _d = x.shape
     s, p = layer.num_slots, layer.slots_per_expert
     ex = layer.experts
     y = torch.zeros_like(x)
@@ -223,7 +223,7 @@ def test_fewer_tokens_than_slots_is_allowed():
     torch.testing.assert_close(dispatch.sum(1), torch.ones(2, 10))
     torch.testing.assert_close(comb.sum(2), torch.ones(2, 3))
     # a single token: every slot takes it whole, and the instance norm leaves uniform combine weights
-    y1, d1, c1 = layer(x[:, :1], return_weights=True)
+    _y1, d1, c1 = layer(x[:, :1], return_weights=True)
     torch.testing.assert_close(d1, torch.ones(2, 1, 10))
     torch.testing.assert_close(c1, torch.full((2, 1, 10), 0.1))
 
@@ -232,20 +232,20 @@ def test_fewer_tokens_than_slots_is_allowed():
 
 
 @pytest.mark.parametrize("kwargs,field", [
-    (dict(num_slots=10), "num_slots"),
-    (dict(num_slots=12, slots_per_expert=4), "disagrees"),
-    (dict(combine="attention"), "combine must be one of \\('softmax', 'linear'\\)"),
-    (dict(combine_norm="layer"), "combine_norm must be one of \\('none', 'instance'\\)"),
-    (dict(phi="exp"), "phi must be one of \\('elu1', 'relu', 'learnable'\\)"),
-    (dict(activation="silu"), "activation"),
-    (dict(num_experts=0), "num_experts"),
-    (dict(slots_per_expert=0), "slots_per_expert"),
-    (dict(num_tokens=-3), "num_tokens"),
-    (dict(scale_init=0.0), "scale_init"),
-    (dict(dropout=2.0), "dropout"),
+    ({"num_slots": 10}, "num_slots"),
+    ({"num_slots": 12, "slots_per_expert": 4}, "disagrees"),
+    ({"combine": "attention"}, "combine must be one of \\('softmax', 'linear'\\)"),
+    ({"combine_norm": "layer"}, "combine_norm must be one of \\('none', 'instance'\\)"),
+    ({"phi": "exp"}, "phi must be one of \\('elu1', 'relu', 'learnable'\\)"),
+    ({"activation": "silu"}, "activation"),
+    ({"num_experts": 0}, "num_experts"),
+    ({"slots_per_expert": 0}, "slots_per_expert"),
+    ({"num_tokens": -3}, "num_tokens"),
+    ({"scale_init": 0.0}, "scale_init"),
+    ({"dropout": 2.0}, "dropout"),
 ])
 def test_bad_arguments(kwargs, field):
-    base = dict(num_experts=4, expert_dim=4)
+    base = {"num_experts": 4, "expert_dim": 4}
     base.update(kwargs)
     with pytest.raises(ValueError, match=field):
         LaSoftMoeLayer(8, **base)
