@@ -374,3 +374,23 @@ def test_adapters_on_a_different_base_are_refused(tmp_path):
     (tmp_path / "adapters" / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="intermediate_size: adapters 37 vs base 41"):
         load_adapter_checkpoint(tmp_path / "adapters")
+
+
+def test_card_from_a_protocol_runner_result():
+    from modeling_bigmoe.hub import model_card_for_run
+    from modeling_bigmoe.training import model_card
+
+    config = BigMoeConfig(vision_config=VISION, **SMALL, decision_threshold=0.25)
+    frame = {"hter": 0.1, "oracle_hter": 0.05, "auc": 0.95, "acer": 0.1, "apcer_max": 0.2, "bpcer": 0.0,
+             "tpr_at_fpr_1e-2": 0.5}
+    result = {"fold": "C@P->S", "model": "bigmoe-tiny", "threshold_source_val": 0.25, "n_train": 8,
+              "n_validation": 4, "n_test": 4, "train_seconds": 1.0, "tests": {"all": {"frame": frame}}}
+    row = "| bigmoe-tiny | C@P->S | 10.00 | 5.00 | 95.00 | 10.00 | 20.00 | 0.00 | 50.00 |"
+    fresh = model_card_for_run("user/x", config, results=result, datasets=["org/d"])
+    assert row in fresh.text and "decision threshold 0.2500" in fresh.text
+    assert fresh.data.datasets == ["org/d"] and fresh.data.base_model == "openai/clip-vit-base-patch16"
+    kept = model_card_for_run("user/x", config, results=result, datasets=["org/d"], existing=model_card(result, config))
+    assert kept.text.count(row) == 1  # the runner's card already has the table: not added twice
+    assert kept.data.datasets == ["org/d"] and kept.data.library_name == "transformers"
+    with pytest.raises(ValueError, match="results.json: expected a protocol-runner result"):
+        model_card_for_run("user/x", config, results={"hter": 0.1})
