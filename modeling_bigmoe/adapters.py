@@ -28,11 +28,12 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.activations import QuickGELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .clip_utils import clip_layer_parts, get_clip_encoder_layers, run_clip_attention
 from .layers_cdc import BigMoeConvPromptBypass, BigMoePromptGenerator, map_to_tokens, tokens_to_map
-from .layers_peer import BigMoeIsolatedGateAdapter
+from .layers_peer import BigMoeIsolatedGateAdapter, quick_gelu
 
 __all__ = [
     "BigMoeRouting",
@@ -40,6 +41,7 @@ __all__ = [
     "BIGMOE_ADAPTER_TYPES",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
+    "clip_mlp_forward",
     "clip_block_forward",
     "plan_bigmoe_adapters",
     "inject_bigmoe_adapters",
@@ -70,6 +72,14 @@ class BigMoeRouting:
     weights: torch.Tensor
 
 
+def clip_mlp_forward(mlp: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """CLIP's MLP ``fc2(act(fc1(h)))``; with CLIP's QuickGELU the activation is :func:`quick_gelu`, which saves only
+    its input for backward (the frozen blocks' largest activation), same values as ``mlp(h)``."""
+    if isinstance(getattr(mlp, "activation_fn", None), QuickGELUActivation) and hasattr(mlp, "fc1"):
+        return mlp.fc2(quick_gelu(mlp.fc1(hidden_states)))
+    return mlp(hidden_states)
+
+
 def clip_block_forward(
     base_layer: nn.Module,
     hidden_states: torch.Tensor,
@@ -94,9 +104,10 @@ def clip_block_forward(
         attn_out, attn_weights = run_clip_attention(self_attn, layer_norm1(hidden_states))
         x = hidden_states + attn_out
         h = layer_norm2(x)
-        out = x + mlp(h)
+        out = x + clip_mlp_forward(mlp, h)
         if patch_adapter is not None:
-            out = torch.cat([out[:, :1], out[:, 1:] + patch_adapter(h[:, 1:])], dim=1)
+            # in place on the patch rows (no copy of the stream); the sum's backward needs none of its inputs
+            out[:, 1:] += patch_adapter(h[:, 1:])
         return out, (attn_weights if output_attentions else None)
     if block_wiring == "reference":
         x = layer_norm1(hidden_states)
@@ -105,7 +116,7 @@ def clip_block_forward(
         h = layer_norm2(x)
         z = patch_adapter(h[:, 1:]) if patch_adapter is not None else torch.zeros_like(x[:, 1:])
         adapted = x + torch.cat([x[:, :1], z], dim=1)
-        return x + mlp(h) + adapted, (attn_weights if output_attentions else None)
+        return x + clip_mlp_forward(mlp, h) + adapted, (attn_weights if output_attentions else None)
     raise ValueError(f"clip_block_forward: block_wiring must be 'preln' or 'reference', got {block_wiring!r}")
 
 

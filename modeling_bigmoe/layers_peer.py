@@ -26,9 +26,32 @@ from torch import nn
 __all__ = ["BigMoeRMSNorm", "BigMoePEER", "BigMoeIsolatedGateAdapter", "quick_gelu"]
 
 
+class _QuickGELUFunction(torch.autograd.Function):
+    """QuickGELU that saves only its input for backward (autograd's chain keeps ``x`` and ``sigmoid(1.702 x)``,
+    two tensors; this recomputes the sigmoid). Forward and gradient are bit-identical to the chain's."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sigmoid(1.702 * x).mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(1.702 * x)
+        # the chain's terms: d(x*s)/dx = s, and through the sigmoid: (grad*x) * s * (1-s) * 1.702
+        return grad * s + torch.ops.aten.sigmoid_backward(grad * x, s) * 1.702
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    """CLIP's QuickGELU: x * sigmoid(1.702 x)."""
-    return x * torch.sigmoid(1.702 * x)
+    """CLIP's QuickGELU: x * sigmoid(1.702 x).
+
+    Without autograd it runs in one buffer (``sigmoid_``, ``mul_``); with autograd it saves only ``x`` for the
+    backward. Values are bit-identical to ``x * torch.sigmoid(1.702 * x)`` either way.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _QuickGELUFunction.apply(x)
+    return (1.702 * x).sigmoid_().mul_(x)
 
 
 class BigMoeRMSNorm(nn.Module):
