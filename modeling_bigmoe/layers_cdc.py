@@ -47,6 +47,28 @@ def map_to_tokens(fmap: torch.Tensor) -> torch.Tensor:
     return fmap.flatten(2).transpose(1, 2)
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _cached_from_weights(owner: nn.Module, name: str, weights: tuple[torch.Tensor, ...], build):
+    """``build()`` computed once per state of ``weights`` and kept on ``owner`` (attribute ``name``, not state).
+
+    For the inference path only (the caller checks that no gradient can reach ``weights``): the value is
+    rebuilt when any weight is replaced or changes dtype, device or version (in-place updates such as an
+    optimizer step or ``load_state_dict`` bump ``_version``). It is built outside inference mode and autocast so
+    that it may also serve a later no-grad or autocast forward.
+    """
+    key = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+    cached = owner.__dict__.get(name)
+    if cached is not None and cached[1] == key and all(a is b for a, b in zip(cached[0], weights)):
+        return cached[2]
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(weights[0].device.type, enabled=False):
+        value = build()
+    owner.__dict__[name] = (weights, key, value)
+    return value
+
+
 class CentralDifferenceConv2d(nn.Module):
     """Central-difference convolution: ``y = conv(x, W) - theta * conv(x, sum_spatial(W))``.
 
@@ -96,12 +118,25 @@ class CentralDifferenceConv2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"CentralDifferenceConv2d: expected (b, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        return F.conv2d(x, self.folded_weight(), stride=self.stride, padding=self.padding)
+
+    def folded_weight(self) -> torch.Tensor:
+        """The single kernel ``W - theta * pad(sum_spatial(W))`` (``W`` itself for ``theta = 0``).
+
+        When no gradient can reach ``W`` (inference, or a frozen ``W``) the folded kernel is cached and reused
+        until ``W`` changes (a new tensor, dtype or device, or an in-place update, which bumps ``W._version``).
+        """
+        weight = self.weight
         if self.theta == 0.0:
-            return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+            return weight
+        if _needs_grad(weight):
+            return self._fold(weight)
+        return _cached_from_weights(self, "_folded_cache", (weight,), lambda: self._fold(weight))
+
+    def _fold(self, weight: torch.Tensor) -> torch.Tensor:
         c = self.kernel_size // 2
-        kernel_sum = self.weight.sum(dim=(2, 3), keepdim=True)
-        kernel = self.weight - self.theta * F.pad(kernel_sum, (c, c, c, c))
-        return F.conv2d(x, kernel, stride=self.stride, padding=self.padding)
+        kernel_sum = weight.sum(dim=(2, 3), keepdim=True)
+        return weight - self.theta * F.pad(kernel_sum, (c, c, c, c))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -165,10 +200,26 @@ class BigMoeConvPromptBypass(nn.Module):
             raise ValueError(
                 f"BigMoeConvPromptBypass: gate_map {tuple(gate_map.shape)} and prompt_map "
                 f"{tuple(prompt_map.shape)} differ in batch or grid")
-        g = quick_gelu(self.gate_conv(gate_map))
-        p = quick_gelu(self.prompt_conv(prompt_map))
-        h = self.dropout(self.eca(torch.cat([p, g], dim=1)))
+        for name, t, conv in (("gate_map", gate_map, self.gate_conv), ("prompt_map", prompt_map, self.prompt_conv)):
+            if t.dim() != 4 or t.shape[1] != conv.in_channels:
+                raise ValueError(f"BigMoeConvPromptBypass: {name} must be (b, {conv.in_channels}, g, g), "
+                                 f"got {tuple(t.shape)}")
+        # [p; g] = QuickGELU of both CDCs, run as one convolution of [prompt; gate] with a block-diagonal kernel
+        both = F.conv2d(torch.cat([prompt_map, gate_map], dim=1), self._joint_kernel(), padding=self.gate_conv.padding)
+        h = self.dropout(self.eca(quick_gelu(both)))
         return quick_gelu(self.out_conv(h))
+
+    def _joint_kernel(self) -> torch.Tensor:
+        """(2 pd, pd + gd, k, k): the folded prompt kernel on the prompt channels, the gate kernel on the gate ones."""
+        weights = (self.prompt_conv.weight, self.gate_conv.weight)
+        if _needs_grad(*weights):
+            return self._build_joint_kernel()
+        return _cached_from_weights(self, "_joint_cache", weights, self._build_joint_kernel)
+
+    def _build_joint_kernel(self) -> torch.Tensor:
+        prompt_kernel, gate_kernel = self.prompt_conv.folded_weight(), self.gate_conv.folded_weight()
+        pd, gd = prompt_kernel.shape[1], gate_kernel.shape[1]
+        return torch.cat([F.pad(prompt_kernel, (0, 0, 0, 0, 0, gd)), F.pad(gate_kernel, (0, 0, 0, 0, pd, 0))])
 
 
 class BigMoePromptGenerator(nn.Module):
@@ -226,6 +277,20 @@ class BigMoePromptGenerator(nn.Module):
             raise ValueError(
                 f"BigMoePromptGenerator: modality_code must be ({b},), got {tuple(modality_code.shape)}")
         p_c = quick_gelu(self.image_cdc(images))
-        p_m = self.modality_prompts.index_select(0, modality_code.long())
-        p_t = self.task_prompt.expand(b, -1, -1, -1)
-        return self.patch_proj(torch.cat([p_c, p_m.to(p_c.dtype), p_t.to(p_c.dtype)], dim=1))
+        learned = (self.modality_prompts, self.task_prompt, self.patch_proj.weight, self.patch_proj.bias)
+        if _needs_grad(*learned):
+            p_m = self.modality_prompts.index_select(0, modality_code.long())
+            p_t = self.task_prompt.expand(b, -1, -1, -1)
+            return self.patch_proj(torch.cat([p_c, p_m.to(p_c.dtype), p_t.to(p_c.dtype)], dim=1))
+        # inference: the projection is linear, so the prompts' share (one map per code, bias included) is cached
+        # and only the image channels are projected per call
+        image_kernel, table = _cached_from_weights(self, "_prompt_table_cache", learned, self._build_prompt_table)
+        out = F.conv2d(p_c, image_kernel.to(p_c.dtype), stride=self.patch_size)
+        return out + table.index_select(0, modality_code.long()).to(out.dtype)
+
+    def _build_prompt_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image part of the projection kernel, (2**m, pd, g, g) projection of [0; P_m[code]; P_t] + bias)."""
+        c, weight = self.num_channels, self.patch_proj.weight
+        table = F.conv2d(self.modality_prompts, weight[:, c:2 * c], stride=self.patch_size)
+        table = table + F.conv2d(self.task_prompt, weight[:, 2 * c:], self.patch_proj.bias, stride=self.patch_size)
+        return weight[:, :c].contiguous(), table
