@@ -22,6 +22,7 @@ the dead IGMA of layer 11 and CPBs of layers 10-11 are not built); ``bigmoe-tiny
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -500,6 +501,11 @@ class BigMoeModel(BigMoePreTrainedModel):
                         prompt = next_prompt
                     if output_routing:
                         all_routing += (routing,)
+                elif getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+                    # plain CLIP layers run through clip_block_forward, not their own forward: checkpoint it here
+                    hidden, attn = layer._gradient_checkpointing_func(
+                        functools.partial(clip_block_forward, layer, block_wiring=cfg.block_wiring,
+                                          output_attentions=output_attentions), hidden)
                 else:
                     hidden, attn = clip_block_forward(layer, hidden, block_wiring=cfg.block_wiring,
                                                       output_attentions=output_attentions)

@@ -421,5 +421,81 @@ def test_adapter_layers_subset_builds_only_live_modules():
     assert none.prompt_generator is None and none.adapted_layers == []
 
 
+@pytest.mark.parametrize("wiring", ["preln", "reference"])
+def test_activation_checkpointing_same_loss_and_grads(wiring):
+    """Checkpointing on and off: same loss and gradients (dropouts active), and every block is recomputed."""
+    tester = BigMoeModelTester()
+    config = tester.get_config(block_wiring=wiring, adapter_init="default", modality_dropout=0.3,
+                               adapter_dropout=0.5, cpb_dropout=0.5)
+    model = BigMoeForFaceAntiSpoofing(config).train()
+    inputs, labels = tester.prepare_inputs(3), torch.tensor([0, 1, 1])
+    layers = get_clip_encoder_layers(model.bigmoe.vision_tower)
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        norm = layer.base_layer.layer_norm1 if isinstance(layer, BigMoeBlockAdapter) else layer.layer_norm1
+        norm.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        calls[:] = [0] * len(layers)
+        torch.manual_seed(7)
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    loss_off, grads_off = run()
+    assert calls == [1] * len(layers)
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    loss_on, grads_on = run()
+    assert calls == [2] * len(layers)  # forward + recomputation in backward, adapted and plain layers alike
+    torch.testing.assert_close(loss_on, loss_off, rtol=0, atol=0)
+    assert grads_on.keys() == grads_off.keys() and len(grads_on) > 0
+    for name in grads_off:
+        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-5, atol=1e-7, msg=name)
+    model.activation_checkpointing_disable()
+    assert run()[0] == loss_off and calls == [1] * len(layers)
+
+
+def test_inference_caches_match_autograd_path_and_follow_updates():
+    """Eval under no_grad uses cached folded kernels and prompt projections: equal to the autograd path,
+    rebuilt after an in-place weight update, a dtype change, and usable again in a later autograd forward."""
+    tester = BigMoeModelTester()
+    model = BigMoeForFaceAntiSpoofing(tester.get_config(adapter_init="default")).eval()
+    inputs = tester.prepare_inputs(3)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0]])
+
+    def logits(grad: bool):
+        with torch.set_grad_enabled(grad):
+            return model(**inputs, modality_mask=mask).logits.detach()
+
+    with torch.inference_mode():
+        cached = model(**inputs, modality_mask=mask).logits
+    torch.testing.assert_close(cached, logits(True), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits(False), logits(True), rtol=1e-5, atol=1e-6)
+    generator = model.bigmoe.prompt_generator
+    cpb = get_clip_encoder_layers(model.bigmoe.vision_tower)[0].cpb
+    with torch.no_grad():  # an optimizer-like in-place update of every weight the caches depend on
+        for p in (generator.modality_prompts, generator.task_prompt, generator.patch_proj.weight,
+                  generator.image_cdc.weight, cpb.gate_conv.weight, cpb.prompt_conv.weight, cpb.out_conv.weight):
+            p.add_(torch.randn_like(p) * 0.5)
+    updated = logits(False)
+    assert not torch.allclose(updated, cached)
+    torch.testing.assert_close(updated, logits(True), rtol=1e-5, atol=1e-6)
+    # frozen prompt generator in training: cached tensors built under inference mode must not break backward
+    generator.requires_grad_(False)
+    with torch.inference_mode():
+        model(**inputs, modality_mask=mask)
+    model.train()
+    model.config.modality_dropout = 0.0
+    model(**inputs, labels=torch.tensor([0, 1, 0])).loss.backward()
+    model.eval()
+    model.to(torch.float64)
+    with torch.no_grad():
+        double = model(**{k: v.double() for k, v in inputs.items()}, modality_mask=mask).logits
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), updated, rtol=1e-4, atol=1e-5)
+
+
 if __name__ == "__main__":
     unittest.main()
