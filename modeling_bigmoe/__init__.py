@@ -38,6 +38,38 @@ AutoConfig.register("bigmoe", BigMoeConfig, exist_ok=True)
 AutoModel.register(BigMoeConfig, BigMoeModel, exist_ok=True)
 AutoModelForImageClassification.register(BigMoeConfig, BigMoeForFaceAntiSpoofing, exist_ok=True)
 
+from .image_processing_bigmoe import BigMoeImageProcessor  # noqa: E402
+from .pipeline_fas import FaceAntiSpoofingPipeline, register_pipeline  # noqa: E402
+
+# "face-anti-spoofing" pipeline + AutoImageProcessor for BIG-MoE
+register_pipeline()
+
+# Training-side names load lazily (datasets, scikit-learn, matplotlib are not needed for inference).
+_LAZY = {
+    "load_synthetic_benchmark": "synthetic", "generate_domain": "synthetic", "DomainProfile": "synthetic",
+    "DOMAIN_PROFILES": "synthetic", "write_contact_sheet": "synthetic",
+    "load_mmdg_benchmark": "data", "validate_files": "data", "FasCollator": "data",
+    "FasAugmentation": "augmentation",
+    "compute_fas_metrics": "metrics", "select_threshold": "metrics", "format_results_table": "metrics",
+    "summarize_rows": "metrics", "roc_det_plot": "metrics",
+    "Fold": "protocols", "build_fold": "protocols", "parse_fold": "protocols", "protocol1_folds": "protocols",
+    "protocol2_folds": "protocols", "protocol2_settings": "protocols", "protocol3_folds": "protocols",
+    "protocol_folds": "protocols",
+    "FasTrainer": "training", "FasMetrics": "training", "fas_training_arguments": "training",
+    "run_fold": "training",
+    "run_protocol": "runner", "model_spec": "runner",
+    "push_run": "hub", "load_checkpoint": "hub", "load_adapter_checkpoint": "hub",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
@@ -45,6 +77,9 @@ __all__ = [
     "BigMoeConfig",
     "BigMoeFaceAntiSpoofingOutput",
     "BigMoeForFaceAntiSpoofing",
+    "BigMoeImageProcessor",
+    "FaceAntiSpoofingPipeline",
+    "register_pipeline",
     "BigMoeModel",
     "BigMoeModelOutput",
     "BigMoePreTrainedModel",
@@ -59,4 +94,5 @@ __all__ = [
     "register_bigmoe_for_remote_code",
     "save_bigmoe_adapters",
     "__version__",
+    *_LAZY,
 ]

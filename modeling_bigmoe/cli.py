@@ -8,6 +8,7 @@ Subcommands
     train     train one fold (sources -> targets) with any ``TrainingArguments``.
     evaluate  score a saved model on a benchmark split with its stored threshold.
     predict   score a folder of RGB (+ Depth / IR) captures into a CSV.
+    push      push a saved model (or adapter-only checkpoint) to the Hub.
     smoke     forward + backward of the tiny model on generated inputs (a 1-second check).
 
 ``protocol``, ``train``, ``evaluate`` and ``predict`` parse their options with
@@ -81,6 +82,16 @@ def run_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_push(args: argparse.Namespace) -> int:
+    """The ``push`` subcommand."""
+    from .hub import push_run
+
+    info = push_run(args.run_dir, args.repo_id, adapter_only=args.adapter_only, private=args.private,
+                    revision=args.revision, base_model=args.base_model, datasets=args.dataset)
+    print(info)
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: synthetic benchmark, Protocol 1, BIG-MoE vs baseline."""
     from .runner import model_spec, run_protocol
@@ -143,7 +154,7 @@ def _parse(dataclass_types, argv, prog, description):
             if path.endswith(".json"):
                 return parser.parse_json_file(path)
             return parser.parse_yaml_file(path)
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:
             raise ValueError(f"{prog}: {path}: {exc}") from exc
     return parser.parse_args_into_dataclasses(argv)
 
@@ -376,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=run_demo)
 
+    push = subparsers.add_parser("push", help="push a saved model (or adapters) folder to the Hub")
+    push.add_argument("run_dir", help="saved model folder, a protocol run folder, or saved adapters")
+    push.add_argument("repo_id", help="Hub repo id, e.g. user/bigmoe-fas")
+    push.add_argument("--adapter-only", action="store_true", help="push only the adapters + base CLIP id/revision")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None, help="branch to push to")
+    push.add_argument("--base-model", default=None, help="base CLIP repo id (adapter-only, model card)")
+    push.add_argument("--dataset", action="append", default=None, help="dataset names for the model card")
+    push.set_defaults(func=run_push)
+
     smoke = subparsers.add_parser("smoke", help="forward + backward of the tiny model on generated inputs")
     smoke.add_argument("--steps", type=int, default=3, help="optimiser steps (default 3)")
     smoke.add_argument("--batch-size", type=int, default=4)
@@ -399,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             return _HF_HANDLERS[argv[0]](argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"bigmoe-fas: error: {exc}", file=sys.stderr)
         return 2
 

@@ -346,6 +346,7 @@ def run_fold(
         "checkpoint": trainer.state.best_model_checkpoint,
         "train_seconds": round(train_seconds, 1),
         "train_loss": float(train_output.training_loss),
+        "final_step": int(trainer.state.global_step),
         "n_train": len(splits["train"]),
         "n_validation": len(splits["validation"]),
         "n_test": len(splits["test"]),

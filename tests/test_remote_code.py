@@ -6,6 +6,7 @@ import json
 import re
 import os
 import subprocess
+import sysconfig
 import sys
 import textwrap
 
@@ -47,6 +48,7 @@ def test_remote_code_roundtrip(tmp_path):
 
     script = textwrap.dedent(f"""
         import importlib.util, sys
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})  # site-packages without .pth: no editable install
         assert importlib.util.find_spec("modeling_bigmoe") is None, "package importable"
         import torch
         from safetensors.torch import load_file, save_file
@@ -61,7 +63,7 @@ def test_remote_code_roundtrip(tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     logits = load_file(str(tmp_path / "logits.safetensors"))["logits"]

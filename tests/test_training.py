@@ -1,0 +1,173 @@
+"""Training through Trainer: honest threshold/model selection, results files, resume after a kill, errors."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_bigmoe.metrics import select_threshold
+from modeling_bigmoe.protocols import Fold, build_fold
+from modeling_bigmoe.runner import model_spec, run_protocol
+from modeling_bigmoe.synthetic import load_synthetic_benchmark
+from modeling_bigmoe.training import (
+    FasMetrics,
+    last_complete_checkpoint,
+    live_scores,
+    write_json,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("synthetic-cache")
+    return load_synthetic_benchmark(("C", "W", "S"), samples_per_domain=36, size=32, seed=3, cache_dir=cache,
+                                    progress=False)
+
+
+def test_live_scores_and_metrics_callback():
+    logits = np.array([[0.0, 0.0], [0.0, np.log(3.0)], [2.0, 0.0]])
+    np.testing.assert_allclose(live_scores(logits), [0.5, 0.75, 1 / (1 + np.exp(2.0))])
+    with pytest.raises(ValueError, match="logits"):
+        live_scores(np.zeros((3, 3)))
+    from transformers import EvalPrediction
+
+    labels = np.array([1, 1, 0, 0])
+    logits = np.array([[0, 2.0], [0, 1.0], [0, -1.0], [0, 1.5]])
+    attack = np.array([0, 0, 1, 2])
+    m = FasMetrics(["live", "print", "replay"], threshold=0.6)(EvalPrediction(logits, (labels, attack, attack)))
+    # scores: .881 .731 .269 .818; at 0.6 the replay (0.818) is accepted, the print rejected
+    assert m["apcer_replay"] == 1.0 and m["apcer_print"] == 0.0 and m["bpcer"] == 0.0
+    assert m["threshold"] == 0.6 and "oracle_hter" in m
+
+
+def test_last_complete_checkpoint_skips_partial(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "nothing") is None
+    good = tmp_path / "checkpoint-4"
+    good.mkdir()
+    (good / "model.safetensors").write_bytes(b"x")
+    (good / "trainer_state.json").write_text("{}")
+    partial = tmp_path / "checkpoint-8"  # killed while saving: no trainer state yet
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"x")
+    truncated = tmp_path / "checkpoint-12"
+    truncated.mkdir()
+    (truncated / "model.safetensors").write_bytes(b"x")
+    (truncated / "trainer_state.json").write_text('{"global_step": 1')
+    assert last_complete_checkpoint(tmp_path) == str(good)
+
+
+def test_protocol_run_end_to_end(bench, tmp_path):
+    models = [model_spec("bigmoe"), model_spec("baseline")]
+    summary = run_protocol(bench, protocol="P1", models=models, output_dir=tmp_path, targets=["W"],
+                           training=dict(num_train_epochs=2, per_device_train_batch_size=16,
+                                         per_device_eval_batch_size=64, learning_rate=1e-3),
+                           progress=False)
+    assert {r["model"] for r in summary["runs"]} == {"bigmoe", "baseline"}
+    run = next(r for r in summary["runs"] if r["model"] == "bigmoe")
+    run_dir = tmp_path / "CS-W" / "bigmoe" / "seed42"
+    assert json.loads((run_dir / "results.json").read_text())["fold"] == "CS→W"
+    assert (run_dir / "roc_det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "summary.png").is_file() and "(oracle)" in (tmp_path / "summary.md").read_text()
+    card = (run_dir / "model" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card
+    # the stored threshold is the EER point of the SOURCE validation split, recomputed here
+    from modeling_bigmoe import BigMoeForFaceAntiSpoofing
+    from modeling_bigmoe.data import FasCollator
+    from modeling_bigmoe.image_processing_bigmoe import BigMoeImageProcessor
+
+    model = BigMoeForFaceAntiSpoofing.from_pretrained(run_dir / "model").eval()
+    assert model.config.decision_threshold == pytest.approx(run["threshold_source_val"])
+    processor = BigMoeImageProcessor.from_pretrained(run_dir / "model")
+    val = build_fold(bench, Fold(("C", "S"), ("W",)))["validation"]
+    collator = FasCollator.from_dataset(processor, val, with_video_vocabulary=False)
+    batch = collator([val[i] for i in range(len(val))])
+    with torch.no_grad():
+        out = model(pixel_values=batch["pixel_values"], depth_pixel_values=batch["depth_pixel_values"],
+                    ir_pixel_values=batch["ir_pixel_values"], modality_mask=batch["modality_mask"])
+    expected = select_threshold(batch["labels"].numpy(), live_scores(out.logits), method="eer")
+    assert run["threshold_source_val"] == pytest.approx(expected, abs=1e-6)
+    m = run["tests"]["all"]["frame"]
+    assert 0.0 <= m["hter"] <= 1.0 and m["oracle_hter"] <= m["hter"] + 1e-9  # the oracle is never worse
+
+
+def test_protocol_bad_input(bench, tmp_path):
+    with pytest.raises(ValueError, match="unknown model type"):
+        model_spec("resnet")
+    with pytest.raises(ValueError, match="not among"):
+        run_protocol(bench, models=[model_spec("baseline")], output_dir=tmp_path, targets=["Q"])
+    with pytest.raises(ValueError, match="unknown domain"):
+        run_protocol(bench, protocol="P3", models=[model_spec("baseline")], output_dir=tmp_path,
+                     pairs=[("CW", "PS")])
+    with pytest.raises(ValueError, match="moe_num_experts"):
+        model_spec("bigmoe", overrides={"moe_num_experts": 15})
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ValueError, match="not writable"):
+        run_protocol(bench, models=[model_spec("baseline")], output_dir=blocked / "run")
+
+
+def test_cli_errors_are_clear(tmp_path):
+    from modeling_bigmoe.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"protocol": "P1", "no_such_field": 1}))
+    assert main(["protocol", str(bad)]) == 2
+    assert main(["predict", "--model_path", str(tmp_path), "--inputs", str(tmp_path / "missing")]) == 2
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    from transformers import TrainerCallback
+    from modeling_bigmoe.synthetic import load_synthetic_benchmark
+    from modeling_bigmoe.protocols import Fold, build_fold
+    from modeling_bigmoe.runner import model_spec
+    from modeling_bigmoe.data import FasCollator
+    from modeling_bigmoe.image_processing_bigmoe import BigMoeImageProcessor
+    from modeling_bigmoe.training import fas_training_arguments, run_fold
+
+    out, cache, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    bench = load_synthetic_benchmark(("C", "W", "S"), samples_per_domain=36, size=32, seed=3, cache_dir=cache,
+                                     progress=False)
+    splits = build_fold(bench, Fold(("C", "S"), ("W",)))
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if kill_at and state.global_step >= kill_at:
+                os._exit(17)  # a hard kill right after a checkpoint
+
+    spec = model_spec("baseline")
+    proc = BigMoeImageProcessor(size=spec.image_size)
+    col = FasCollator.from_dataset(proc, splits, with_video_vocabulary=False)
+    args = fas_training_arguments(out, num_train_epochs=3, per_device_train_batch_size=16, save_strategy="steps",
+                                  save_steps=2, eval_strategy="steps", eval_steps=2, disable_tqdm=True)
+    r = run_fold(splits, model_init=lambda: spec.build(0), train_collator=col, eval_collator=col,
+                 attack_type_names=col.attack_type_names, training_args=args, fold_name="CS-W",
+                 model_name="baseline", callbacks=[Kill()])
+    print("FINAL_STEP", r["final_step"])
+""")
+
+
+def test_killed_run_resumes_to_the_same_final_step(bench, tmp_path):
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(cache), "2"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 17, first.stderr[-2000:]
+    assert last_complete_checkpoint(tmp_path / "run").endswith("checkpoint-2")
+    second = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(cache), "0"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    # an uninterrupted run ends at epochs x ceil(train rows / batch) steps: so must the resumed one
+    n_train = len(build_fold(bench, Fold(("C", "S"), ("W",)))["train"])
+    expected = 3 * -(-n_train // 16)
+    assert f"FINAL_STEP {expected}" in second.stdout.splitlines()
+    assert "resuming" in second.stderr and "checkpoint-2" in second.stderr
