@@ -218,11 +218,14 @@ def cmd_train(argv) -> int:
     result = run_fold(splits, model_init=lambda: spec.build(training_args.seed), train_collator=train_collator,
                       eval_collator=base, attack_type_names=base.attack_type_names, training_args=training_args,
                       fold_name=fold.name, model_name=spec.name, processor=processor)
-    from .training import summary_row
     from .metrics import format_results_table
+    from .training import summary_row
 
-    print(format_results_table([summary_row(result)]))
-    print(f"model: {result['paths']['model']}")
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"rank {rank}: final step {result['final_step']} weights checksum {result['weights_checksum']}", flush=True)
+    if rank == 0:
+        print(format_results_table([summary_row(result)]))
+        print(f"model: {result['paths']['model']}")
     return 0
 
 

@@ -368,22 +368,34 @@ def run_fold(
         result["tests"][setting] = entry
     trainer.eval_data_collator = eval_collator
 
-    # the model (with its threshold), the results and the plots
+    # a cheap fingerprint of the final weights: every process of a distributed run must print the same
+    result["weights_checksum"] = weights_checksum(trainer.model)
     final_dir = out_dir / "model"
-    trainer.save_model(str(final_dir))
+    result["paths"] = {"model": str(final_dir), "results": str(out_dir / "results.json"),
+                       "plot": str(out_dir / "roc_det.png")}
+    trainer.save_model(str(final_dir))  # the Trainer saves on the main process only
+    if not trainer.is_world_process_zero():
+        return result
+    # the model (with its threshold), the results and the plots: written once, by the main process
     if processor is not None:
         processor.save_pretrained(str(final_dir))
     first_setting = next(iter(test_collators))
     roc_det_plot(first["labels"], first["scores"], out_dir / "roc_det.png",
                  title=f"{model_name} {fold_name} (target test, {first_setting})")
-    result["paths"] = {"model": str(final_dir), "results": str(out_dir / "results.json"),
-                       "plot": str(out_dir / "roc_det.png")}
     rows = [summary_row(result, setting=s) for s in result["tests"]]
     atomic_write_text(out_dir / "results.md", format_results_table(rows) + "\n")
     atomic_write_text(final_dir / "README.md", model_card(result, trainer.model.config))
     write_json(out_dir / "results.json", result)
     write_json(final_dir / "results.json", result)
     return result
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """A short fingerprint of all parameters (sum and sum of squares in float64), for comparing ranks."""
+    with torch.no_grad():
+        total = sum(float(p.double().sum()) for p in model.parameters())
+        squares = sum(float(p.double().pow(2).sum()) for p in model.parameters())
+    return f"{total:.10e}/{squares:.10e}"
 
 
 def _floats(metrics: dict) -> dict:
