@@ -1,0 +1,510 @@
+"""MMDA on a CLIP model: multimodal (RGB + Depth + IR) face anti-spoofing guided by text.
+
+MMDA: "Multimodal Denoising and Alignment" (Ma, Lin, Yu, Liu, Yuan, Xie, Shen; arXiv 2505.09484),
+later retitled "Purify then Guide". MD2A is the differential attention of the Differential
+Transformer (Ye et al., arXiv 2410.05258) with a domain-side map; the MoEs follow ST-MoE (Zoph et al.).
+
+Forward, per batch (shape letters: b batch, m = 3 modalities, d = CLIP's projection dim, L levels)::
+
+    X      = CLIP image embeddings of RGB, Depth, IR           (b, m, d)   one shared image tower
+    t_c    = CLIP text embeddings of the class-c templates      (T_c, d)    cached while the tower is frozen
+    v0     = Fusion(X, X_dom)                                   (b, d)      MD2A + MoE, X_dom by domain labels
+    levels = U-DSA(v0; t_spoof, t_live)                         L = 2 * udsa_depth + 1 paired levels
+    alignment_logits[:, l] = s * [max_j cos(v_l, t_spoof_j), max_j cos(v_l, t_live_j)]     (b, L, 2)
+    logits = Classifier(v'_0)                                   (b, 2)      index 1 = live
+
+Loss (when ``labels`` are given): the sum of all MoE auxiliary losses, the classifier CE, the L
+alignment CEs and, in training, the two text-anchor CEs (the classifier applied to the template
+embeddings with soft targets); all weights 1.
+
+Parameter counts (exact; ``hub_configs_mmda.py`` has the breakdown): ``mmda-clip-vit-base-patch16``
+300,969,603 in all (CLIP 149,620,737 + MMDA 151,348,866, of which 134.5 M in its 16 MoEs), 237,541,507
+trainable with the default freezing (text tower frozen); ``mmda-tiny`` 132,663 / 108,589.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, is_peft_available
+
+from .clip_utils import clip_attention_implementation
+from .configuration_mmda import MmdaConfig
+from .layers_attention import MmdaDifferentialAttention, MmdaRMSNorm
+from .layers_mmda import (
+    MmdaClassifier,
+    MmdaFusionBlock,
+    MmdaUDSA,
+    mmda_loss,
+    rs2_alignment_logits_all_levels,
+)
+from .layers_stmoe import MmdaSTMoE
+
+__all__ = [
+    "MMDA_MODALITIES",
+    "MmdaFaceAntiSpoofingOutput",
+    "MmdaForFaceAntiSpoofing",
+    "MmdaPreTrainedModel",
+    "register_mmda_for_remote_code",
+]
+
+# order of the modality axis everywhere (X rows, modality_mask columns): RGB, Depth, IR
+MMDA_MODALITIES = ("rgb", "depth", "ir")
+_ARG_NAMES = ("pixel_values", "depth_pixel_values", "ir_pixel_values")
+
+
+@dataclass
+class MmdaFaceAntiSpoofingOutput(ModelOutput):
+    """Output of :class:`MmdaForFaceAntiSpoofing`.
+
+    Args:
+        loss: scalar summed loss, when ``labels`` are given.
+        logits: (b, 2) classifier logits (0 spoof, 1 live); the live score is ``softmax(logits)[:, 1]``.
+        alignment_logits: (b, L, 2) RS2 logits of the L = ``2 * udsa_depth + 1`` levels ``[v0, v1..vD, v'_{D-1}..v'_0]``.
+        aux_loss: scalar, the sum of the MoE auxiliary losses (already weighted) of this forward.
+        image_embeds: (b, 3, d) CLIP image embeddings of RGB, Depth, IR (the MMDA input ``X``).
+        hidden_states: tuple of (b, 3, n, hidden) image-tower states (embeddings output and every layer).
+        attentions: tuple of (b, 3, heads, n, n) image-tower attention maps, one per layer.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    alignment_logits: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _pytorch_default_linear_init(module: nn.Linear) -> None:
+    """PyTorch's default Linear init (Kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))) via HF helpers."""
+    init.kaiming_uniform_(module.weight, a=5 ** 0.5)
+    if module.bias is not None:
+        fan_in = module.weight.shape[1]
+        bound = 1.0 / fan_in ** 0.5 if fan_in > 0 else 0.0
+        init.uniform_(module.bias, -bound, bound)
+
+
+def _is_lora_layer(module: nn.Module) -> bool:
+    """A peft LoRA wrapper (``base_layer`` plus ``lora_A`` / ``lora_B`` dicts), detected without importing peft."""
+    return (isinstance(getattr(module, "lora_A", None), nn.ModuleDict)
+            and isinstance(getattr(module, "lora_B", None), nn.ModuleDict))
+
+
+_MMDA_TYPES = (MmdaFusionBlock, MmdaUDSA, MmdaClassifier)
+
+
+class MmdaPreTrainedModel(PreTrainedModel):
+    """Base class: config class, weight initialisation, freezing, ``from_clip``."""
+
+    config_class = MmdaConfig
+    config: MmdaConfig
+    base_model_prefix = "mmda"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "MmdaFusionBlock",
+                         "MmdaRefineBlock", "MmdaClassifier"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def initialize_weights(self):
+        """Like ``PreTrainedModel.initialize_weights``: CLIP's modules get CLIP's own init, every MMDA module and
+        every LoRA layer injected into the image tower gets ours (CLIP's would draw LoRA's B with std 0.02 instead
+        of zeros). Tensors already loaded from a checkpoint are left alone (``transformers.initialization``)."""
+
+        def own(module: nn.Module, is_custom_code: bool = False) -> None:
+            if getattr(module, "_is_hf_initialized", False):
+                return
+            self._init_weights(module)
+            module._is_hf_initialized = True
+
+        is_custom = bool(getattr(self, "is_custom_code", lambda: False)())
+
+        def visit(module: nn.Module, fn) -> None:
+            for child in module.children():
+                if _is_lora_layer(child):
+                    own(child)  # its base layer keeps the surrounding (CLIP) init
+                    visit(child.base_layer, fn)
+                    fn(child.base_layer, is_custom)
+                elif isinstance(child, PreTrainedModel):
+                    visit(child, child._initialize_weights)
+                else:
+                    visit(child, fn)
+            fn(module, is_custom)
+
+        visit(self, own)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """PyTorch's defaults for the MMDA modules (as the reference), LoRA's (A Kaiming, B zero) for LoRA layers."""
+        if _is_lora_layer(module):
+            for linear in module.lora_A.values():
+                init.kaiming_uniform_(linear.weight, a=5 ** 0.5)
+            for linear in module.lora_B.values():
+                init.zeros_(linear.weight)
+            return
+        if isinstance(module, nn.MultiheadAttention):
+            # torch's own MHA init; out_proj.weight was set by the Linear rule (children come first)
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, nn.Linear):
+            _pytorch_default_linear_init(module)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, MmdaRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, MmdaDifferentialAttention):
+            for vec in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
+                init.normal_(vec, mean=0.0, std=module.lambda_std)
+        elif isinstance(module, MmdaSTMoE):
+            init.normal_(module.constant_experts, mean=0.0, std=module.constant_init_std)
+
+    # ------------------------------------------------------------------ trainable parameters
+    def mark_trainable(self) -> None:
+        """Config-driven freezing: the MMDA modules always train; the image tower (+ visual projection) unless
+        ``freeze_vision`` or LoRA (then only the LoRA matrices); the text tower (+ text projection) unless
+        ``freeze_text``; CLIP's logit scale unless ``freeze_logit_scale``."""
+        cfg = self.config
+        clip = self.clip
+        lora = cfg.vision_lora_rank > 0
+        for p in self.parameters():
+            p.requires_grad_(True)
+        if cfg.freeze_vision or lora:
+            for p in (*clip.vision_model.parameters(), *clip.visual_projection.parameters()):
+                p.requires_grad_(False)
+        if lora:
+            for module in clip.vision_model.modules():
+                if _is_lora_layer(module):
+                    for p in (*module.lora_A.parameters(), *module.lora_B.parameters()):
+                        p.requires_grad_(True)
+        if cfg.freeze_text:
+            for p in (*clip.text_model.parameters(), *clip.text_projection.parameters()):
+                p.requires_grad_(False)
+        clip.logit_scale.requires_grad_(not cfg.freeze_logit_scale)
+
+    def trainable_parameter_summary(self) -> tuple[int, int, str]:
+        """``(trainable, total, text)`` with PEFT's ``print_trainable_parameters`` format."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        pct = 100.0 * trainable / total if total else 0.0
+        return trainable, total, f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}"
+
+    def print_trainable_parameters(self) -> None:
+        """Print ``trainable params: ... || all params: ... || trainable%: ...``."""
+        print(self.trainable_parameter_summary()[2])
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then the config-driven freezing (loading resets ``requires_grad``)."""
+        result = super().from_pretrained(*args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
+        model.mark_trainable()
+        return result
+
+    # ------------------------------------------------------------------ CLIP weights
+    @classmethod
+    def from_clip(cls, name_or_path: str | os.PathLike = "openai/clip-vit-base-patch16", *, tokenizer=None,
+                  **config_overrides):
+        """Build MMDA around a pretrained CLIP (Hub id or local folder holding a full ``CLIPModel`` checkpoint in
+        safetensors and its tokenizer files) and tokenise the templates with that checkpoint's ``CLIPTokenizer``.
+
+        Args:
+            name_or_path: the CLIP checkpoint (default ``openai/clip-vit-base-patch16``).
+            tokenizer: a tokenizer to use instead of loading ``CLIPTokenizer`` from ``name_or_path``.
+            config_overrides: :class:`MmdaConfig` fields (``clip_config`` comes from the checkpoint).
+        """
+        name_or_path = os.fspath(name_or_path)
+        if "clip_config" in config_overrides:
+            raise ValueError("from_clip: clip_config comes from the CLIP checkpoint; do not pass it")
+        clip_config = CLIPConfig.from_pretrained(name_or_path)
+        if tokenizer is None:
+            tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
+        config = MmdaConfig(clip_config=clip_config.to_dict(), base_model_name_or_path=name_or_path,
+                            **config_overrides)
+        config.tokenize_templates(tokenizer)
+        model = cls(config)
+        source, info = CLIPModel.from_pretrained(name_or_path, use_safetensors=True, output_loading_info=True)
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise ValueError(f"from_clip: {name_or_path} is not a full CLIP (image + text) checkpoint: missing "
+                             f"{sorted(info['missing_keys'])[:8]}, mismatched {list(info['mismatched_keys'])[:8]}")
+        model.load_clip_state_dict(source.state_dict())
+        model.mark_trainable()
+        return model
+
+    @torch.no_grad()
+    def load_clip_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy a ``CLIPModel`` state dict into ``self.clip``; LoRA-wrapped layers receive it in ``base_layer``.
+
+        Raises ``ValueError`` naming the keys when a CLIP tensor has no place or a non-LoRA tensor stays unset.
+        """
+        ours = self.clip.state_dict()
+        filled, unplaced = set(), []
+        for key, value in state_dict.items():
+            target = key
+            if target not in ours:
+                head, _, leaf = key.rpartition(".")
+                target = f"{head}.base_layer.{leaf}"
+            if target not in ours or ours[target].shape != value.shape:
+                unplaced.append(key)
+                continue
+            ours[target].copy_(value)
+            filled.add(target)
+        unset = sorted(k for k in ours if k not in filled and ".lora_" not in k and not k.endswith("position_ids"))
+        if unplaced or unset:
+            raise ValueError(f"load_clip_state_dict: CLIP keys without a place {unplaced[:8]}, "
+                             f"our CLIP keys left unset {unset[:8]}")
+        self._text_cache = None
+
+
+class MmdaForFaceAntiSpoofing(MmdaPreTrainedModel):
+    """MMDA: CLIP image and text towers, MD2A fusion, U-DSA, RS2 alignment and an MoE classifier.
+
+    Inputs are keyword-only, as BIG-MoE's: ``pixel_values`` (RGB), ``depth_pixel_values``, ``ir_pixel_values``
+    (each (b, c, H, W); any may be None: filled with ``missing_modality_fill``), ``modality_mask`` (b, 3) with
+    columns (rgb, depth, ir), 1 = present, ``labels`` (b,) in {0 spoof, 1 live}, and ``domain_labels`` (b,)
+    (ints, or a list of hashable labels) for MD2A's batch reorganisation. Without domain labels
+    ``X_dom = X`` (each sample is its own domain).
+
+    The template token ids come from the config (``spoof_template_input_ids``, ``live_template_input_ids``);
+    with a frozen text tower their embeddings are computed once per device, dtype and weight version and
+    cached outside the state dict.
+    """
+
+    def __init__(self, config: MmdaConfig):
+        super().__init__(config)
+        width = config.hidden_size
+        self.clip = CLIPModel._from_config(config.clip_config)
+        if config.vision_lora_rank > 0:
+            self._inject_vision_lora()
+        moe = config.moe_kwargs()
+        self.fusion = MmdaFusionBlock(width, num_modalities=config.num_modalities, heads=config.md2a_heads,
+                                      depth=config.md2a_depth, attn_dropout=config.md2a_dropout,
+                                      double_residual=config.double_residual, moe_kwargs=moe)
+        self.udsa = MmdaUDSA(width, depth=config.udsa_depth, heads=config.udsa_heads,
+                             batch_attention=config.udsa_batch_attention, double_residual=config.double_residual,
+                             text_up_path=config.udsa_text_up_path, moe_kwargs=moe)
+        self.classifier = MmdaClassifier(width, num_labels=config.num_labels, text_target=config.text_anchor_target,
+                                         prenorm=config.classifier_prenorm, moe_kwargs=moe)
+        self._text_cache = None
+        self._ids_cache = None
+        self.post_init()
+        self.mark_trainable()
+
+    def _inject_vision_lora(self) -> None:
+        """LoRA on the image tower's ``vision_lora_target_modules`` through peft (imported only here)."""
+        cfg = self.config
+        if is_peft_available():
+            from peft import LoraConfig, inject_adapter_in_model
+        else:
+            raise ValueError("MmdaConfig.vision_lora_rank > 0 needs the `peft` package (pip install peft)")
+        lora_config = LoraConfig(r=cfg.vision_lora_rank, lora_alpha=cfg.vision_lora_alpha,
+                                 lora_dropout=cfg.vision_lora_dropout,
+                                 target_modules=list(cfg.vision_lora_target_modules))
+        try:
+            inject_adapter_in_model(lora_config, self.clip.vision_model)
+        except ValueError as err:
+            raise ValueError(f"MmdaConfig.vision_lora_target_modules {cfg.vision_lora_target_modules!r}: {err}") from err
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_modalities(self, *, pixel_values=None, depth_pixel_values=None, ir_pixel_values=None,
+                           modality_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate and fill missing modalities, out of place.
+
+        Returns ``images`` (3, b, c, H, W) in the order RGB, Depth, IR and ``present`` (b, 3) bool.
+        """
+        given = dict(zip(_ARG_NAMES, (pixel_values, depth_pixel_values, ir_pixel_values)))
+        name = type(self).__name__
+        vc = self.config.clip_config.vision_config
+        expected = (vc.num_channels, vc.image_size, vc.image_size)
+        shapes = {arg: (None if t is None else tuple(t.shape)) for arg, t in given.items()}
+        present_args = [arg for arg, t in given.items() if t is not None]
+        if not present_args:
+            raise ValueError(f"{name}: all modalities are missing (pixel_values, depth_pixel_values and "
+                             "ir_pixel_values are all None)")
+        for arg in present_args:
+            tensor = given[arg]
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                raise ValueError(f"{name}: {arg} must be a float tensor, got {type(tensor).__name__} "
+                                 f"{getattr(tensor, 'dtype', '')}")
+            if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected:
+                raise ValueError(f"{name}: {arg} must have shape (batch, {expected[0]}, {expected[1]}, "
+                                 f"{expected[2]}), got {tuple(tensor.shape)}")
+        batch_sizes = {given[arg].shape[0] for arg in present_args}
+        if len(batch_sizes) != 1:
+            raise ValueError(f"{name}: batch sizes differ between modalities: {shapes}")
+        b = batch_sizes.pop()
+        for arg in present_args:
+            finite = torch.isfinite(given[arg])
+            if not bool(finite.all()):
+                raise ValueError(f"{name}: {arg} (shape {tuple(given[arg].shape)}) holds "
+                                 f"{int((~finite).sum())} NaN/inf values")
+        present = torch.tensor([[given[arg] is not None for arg in _ARG_NAMES]] * b, dtype=torch.bool)
+        if modality_mask is not None:
+            if not isinstance(modality_mask, torch.Tensor) or tuple(modality_mask.shape) != (b, 3):
+                raise ValueError(f"{name}: modality_mask must have shape ({b}, 3) (columns rgb, depth, ir), "
+                                 f"got {tuple(getattr(modality_mask, 'shape', ()))}; inputs {shapes}")
+            values = modality_mask.detach().to("cpu")
+            if not bool(((values == 0) | (values == 1)).all()):
+                raise ValueError(f"{name}: modality_mask must hold only 0/1 (or bools)")
+            mask = values.bool()
+            claimed = mask & ~present
+            if bool(claimed.any()):
+                cols = [MMDA_MODALITIES[j] for j in range(3) if bool(claimed[:, j].any())]
+                raise ValueError(f"{name}: modality_mask marks {cols} present but the tensors are None")
+            empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"{name}: modality_mask marks all modalities missing for samples {empty}")
+            present = mask
+        reference = given[present_args[0]]
+        present = present.to(reference.device)
+        fill = torch.tensor(self.config.missing_modality_fill, device=reference.device, dtype=reference.dtype)
+        images = torch.stack([
+            torch.where(present[:, j, None, None, None], t, fill) if t is not None else fill.expand_as(reference)
+            for j, t in enumerate(given.values())])
+        return images, present
+
+    # ------------------------------------------------------------------ text side
+    def _template_ids(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Padded ``(input_ids, attention_mask)`` per class (spoof, live), cached per device and id content."""
+        cfg = self.config
+        if not cfg.templates_tokenized:
+            raise ValueError("MmdaConfig.spoof_template_input_ids / live_template_input_ids are not set: build the "
+                             "model with MmdaForFaceAntiSpoofing.from_clip(...) or call "
+                             "config.tokenize_templates(CLIPTokenizer.from_pretrained(...)) before building it")
+        key = (str(device), tuple(map(tuple, cfg.spoof_template_input_ids)),
+               tuple(map(tuple, cfg.live_template_input_ids)))
+        if self._ids_cache is not None and self._ids_cache[0] == key:
+            return self._ids_cache[1]
+        eos = cfg.clip_config.text_config.eos_token_id
+        pad = eos if isinstance(eos, int) else 0  # pooling takes the first end token (or the largest id): safe
+        out = []
+        for seqs in (cfg.spoof_template_input_ids, cfg.live_template_input_ids):
+            length = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), length), dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[i, :len(s)] = 1
+            out.append((ids.to(device), mask.to(device)))
+        self._ids_cache = (key, out)
+        return out
+
+    def _text_parameters(self) -> list[nn.Parameter]:
+        return [*self.clip.text_model.parameters(), *self.clip.text_projection.parameters()]
+
+    def template_text_embeds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP text embeddings of the spoof (T_s, d) and live (T_l, d) templates.
+
+        While no text-tower parameter requires a gradient the result is cached (a plain attribute, not in the
+        state dict), keyed by device, dtype, mode, template ids and the version counters of the text weights, so
+        loading or editing the weights recomputes it. A trainable text tower is run on every call.
+        """
+        params = self._text_parameters()
+        device = self.clip.logit_scale.device
+        ids = self._template_ids(device)
+        trainable = any(p.requires_grad for p in params)
+        if trainable:
+            return tuple(self.clip.get_text_features(input_ids=i, attention_mask=m).pooler_output for i, m in ids)
+        key = (str(device), self.clip.text_model.training, torch.is_inference_mode_enabled(), self._ids_cache[0],
+               tuple((id(p), p._version, p.dtype) for p in params))
+        if self._text_cache is not None and self._text_cache[0] == key:
+            return self._text_cache[1]
+        with torch.no_grad():
+            embeds = tuple(self.clip.get_text_features(input_ids=i, attention_mask=m).pooler_output for i, m in ids)
+        self._text_cache = (key, embeds)
+        return embeds
+
+    def logit_scale(self) -> torch.Tensor:
+        """RS2's multiplier ``s = min(exp(logit_scale), logit_scale_max)`` (CLIP's clamp at 100)."""
+        return self.clip.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        depth_pixel_values: torch.Tensor | None = None,
+        ir_pixel_values: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        domain_labels: torch.Tensor | list | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MmdaFaceAntiSpoofingOutput | tuple:
+        """See the class docstring; returns :class:`MmdaFaceAntiSpoofingOutput` (loss only with ``labels``)."""
+        cfg = self.config
+        name = type(self).__name__
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        output_hidden_states = bool(output_hidden_states)
+        output_attentions = bool(output_attentions)
+        images, _ = self.prepare_modalities(pixel_values=pixel_values, depth_pixel_values=depth_pixel_values,
+                                            ir_pixel_values=ir_pixel_values, modality_mask=modality_mask)
+        m, b, c, height, width = images.shape
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.shape != (b,) or labels.is_floating_point():
+                raise ValueError(f"{name}: labels must be an integer tensor of shape ({b},), got "
+                                 f"{getattr(labels, 'dtype', type(labels).__name__)} "
+                                 f"{tuple(getattr(labels, 'shape', ()))}")
+            if b and (int(labels.min()) < 0 or int(labels.max()) > 1):
+                raise ValueError(f"{name}: labels must be 0 (spoof) or 1 (live), got {labels.tolist()}")
+        text_spoof, text_live = self.template_text_embeds()
+
+        # 1. one image-tower pass over the modality-stacked batch: X (b, m, d)
+        vision = self.clip.vision_model
+        context = clip_attention_implementation(vision, "eager") if output_attentions else contextlib.nullcontext()
+        with context:
+            vis = self.clip.get_image_features(pixel_values=images.reshape(m * b, c, height, width),
+                                               output_hidden_states=output_hidden_states,
+                                               output_attentions=output_attentions)
+        x = vis.pooler_output.view(m, b, -1).transpose(0, 1)
+
+        # 2. MD2A fusion (X_dom from the domain labels, X_dom = X without them), 3. U-DSA, 4. RS2, 5. classifier
+        domains = domain_labels if cfg.use_domain_labels else None
+        v0, aux_fusion = self.fusion(x.to(self.fusion.proj.weight.dtype), domains)
+        texts = [text_spoof.to(v0.dtype), text_live.to(v0.dtype)]
+        udsa = self.udsa(v0, texts)
+        scale = self.logit_scale()
+        alignment = torch.stack(rs2_alignment_logits_all_levels(udsa.visual_levels, udsa.text_levels, scale), dim=1)
+        logits, aux_cls = self.classifier(udsa.visual_levels[-1])
+        aux = aux_fusion + udsa.aux_loss + aux_cls
+
+        loss = None
+        if labels is not None:
+            anchors = ()
+            if self.training:  # the text-anchor CEs are a training term (spec §5)
+                ce_spoof, ce_live, aux_text = self.classifier.text_anchor_loss(*udsa.text_levels[-1])
+                anchors = (ce_spoof, ce_live)
+                aux = aux + aux_text
+            loss, _ = mmda_loss(logits.float(), list(alignment.float().unbind(1)), labels.to(logits.device).long(),
+                                text_anchor_losses=anchors, aux_losses=aux,
+                                label_smoothing=cfg.label_smoothing, label_smoothing_mode=cfg.label_smoothing_mode)
+
+        hidden = attn = None
+        if output_hidden_states:
+            hidden = tuple(h.view(m, b, *h.shape[1:]).transpose(0, 1) for h in vis.hidden_states)
+        if output_attentions:
+            attn = tuple(a.view(m, b, *a.shape[1:]).transpose(0, 1) for a in vis.attentions)
+        out = MmdaFaceAntiSpoofingOutput(loss=loss, logits=logits, alignment_logits=alignment, aux_loss=aux,
+                                         image_embeds=x, hidden_states=hidden, attentions=attn)
+        return out if return_dict else out.to_tuple()
+
+
+def register_mmda_for_remote_code() -> None:
+    """Make ``save_pretrained`` write ``auto_map`` and copy the code (Hub closure) next to the weights.
+
+    ``AutoModel`` maps to :class:`MmdaForFaceAntiSpoofing`, so ``AutoModel.from_pretrained(repo,
+    trust_remote_code=True)`` returns the classifier with its head.
+    """
+    MmdaConfig.register_for_auto_class()
+    MmdaForFaceAntiSpoofing.register_for_auto_class("AutoModel")
