@@ -497,5 +497,19 @@ def test_inference_caches_match_autograd_path_and_follow_updates():
     torch.testing.assert_close(double.float(), updated, rtol=1e-4, atol=1e-5)
 
 
+def test_finite_check_handles_overflowing_sums():
+    """The input check sums first; finite inputs whose sum overflows still pass, one NaN or inf still fails."""
+    model = BigMoeModel(BigMoeModelTester().get_config()).eval()
+    inputs = BigMoeModelTester().prepare_inputs(2)
+    huge = dict(inputs, pixel_values=torch.full((2, 3, 32, 32), 3e38))
+    assert torch.isinf(huge["pixel_values"].sum())
+    model.prepare_modalities(**huge)  # accepted: every element is finite
+    for bad in (float("nan"), float("inf")):
+        broken = huge["pixel_values"].clone()
+        broken[1, 2, 3, 4] = bad
+        with pytest.raises(ValueError, match="pixel_values .* holds 1 NaN/inf"):
+            model.prepare_modalities(**dict(inputs, pixel_values=broken))
+
+
 if __name__ == "__main__":
     unittest.main()
