@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
 
 from .metrics import compute_fas_metrics, format_results_table, roc_det_plot, select_threshold
 
@@ -206,6 +208,13 @@ class FasMetrics:
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer))}
 
 
+class _BarsOnlyProgressCallback(ProgressCallback):
+    """tqdm bars without the raw log dicts (the compact evaluation line replaces them)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
+
+
 class ProgressPrinterCallback(TrainerCallback):
     """Prints one compact line per evaluation (the demo's progress next to tqdm's bars)."""
 
@@ -286,6 +295,7 @@ def run_fold(
     resume: bool = True,
     processor=None,
     callbacks: Sequence[TrainerCallback] = (),
+    compact_logs: bool = True,
 ) -> dict[str, Any]:
     """Train on ``splits["train"]``, select the checkpoint and fix the threshold on
     ``splits["validation"]`` (source domains only), then score ``splits["test"]`` (the target)
@@ -301,6 +311,8 @@ def run_fold(
         training_args: from :func:`fas_training_arguments`.
         resume: continue from the last *complete* checkpoint in the output dir, if any.
         processor: saved beside the model (``preprocessor_config.json``) when given.
+        compact_logs: one line per evaluation (source-val loss, AUC, HTER) instead of the Trainer's
+            full metric dicts; progress bars stay.
 
     Returns a dict with, per test setting, ``frame`` (and ``video`` when ``per_video``) metrics
     (honest, plus ``oracle_*``), the source-validation threshold and the written paths.
@@ -327,11 +339,22 @@ def run_fold(
         compute_metrics=FasMetrics(attack_type_names),
         callbacks=list(callbacks),
     )
+    if compact_logs:
+        trainer.remove_callback(PrinterCallback)
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(_BarsOnlyProgressCallback())
+        trainer.add_callback(ProgressPrinterCallback(prefix=f"  {model_name} {fold_name}: "))
     checkpoint = last_complete_checkpoint(out_dir) if resume else None
     if checkpoint:
         logger.warning("resuming %s %s from %s", model_name, fold_name, checkpoint)
     start = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     train_seconds = time.perf_counter() - start
 
     # threshold on the SOURCE validation split (EER point), stored in the config
