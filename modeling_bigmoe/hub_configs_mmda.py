@@ -7,8 +7,8 @@ Two variants:
   (:data:`CLIP_TEMPLATE_INPUT_IDS`; ``--clip-tokenizer DIR`` re-tokenises with a local copy of the
   tokenizer files and fails if the stored ids differ).
 * ``mmda-tiny``: 32 px images, patch 8, CLIP width 32 (2 layers each tower), projection 16, U-DSA depth 7,
-  MoE 2 GEGLU + 1 constant expert; its vocabulary is a tiny CLIP BPE written by
-  :func:`write_tiny_clip_tokenizer` from the template words. For tests and the demo.
+  MoE 2 GEGLU + 1 constant expert; its vocabulary is a tiny CLIP BPE learnt on the templates by
+  :func:`write_tiny_clip_tokenizer` (every template word one token). For tests and the demo.
 
 Exact parameter counts with the default freezing (text tower frozen; ``tests/test_hub_configs_mmda.py``
 checks them on the meta device):
@@ -17,7 +17,7 @@ checks them on the meta device):
 variant                      total        trainable    frozen
 ===========================  ===========  ===========  ===========
 mmda-clip-vit-base-patch16   300,969,603  237,541,507  63,428,096
-mmda-tiny                    132,663      108,589      24,074
+mmda-tiny                    135,415      108,589      26,826
 ===========================  ===========  ===========  ===========
 
 Reference size, part by part:
@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 
@@ -71,7 +70,7 @@ HUB_VARIANTS = ("mmda-clip-vit-base-patch16", "mmda-tiny")
 # variant -> (total, trainable) with the default freezing; checked by tests/test_hub_configs_mmda.py
 PARAMETER_COUNTS = {
     "mmda-clip-vit-base-patch16": (300_969_603, 237_541_507),
-    "mmda-tiny": (132_663, 108_589),
+    "mmda-tiny": (135_415, 108_589),
 }
 
 # CLIP ViT-B/16 token ids of the default templates (CLIPTokenizer of openai/clip-vit-base-patch16)
@@ -129,8 +128,6 @@ CLIP_TEMPLATE_INPUT_IDS = {
     ],
 }
 
-# CLIP's pre-tokeniser for ASCII text (letters runs, single digits, punctuation runs, English clitics)
-_PRETOKENIZE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -145,35 +142,54 @@ def _atomic_write(path: str, text: str) -> None:
 def write_tiny_clip_tokenizer(directory: str | os.PathLike, texts: Iterable[str]) -> dict[str, int]:
     """Write a tiny CLIP BPE (``vocab.json``, ``merges.txt``) that ``CLIPTokenizer.from_pretrained`` reads.
 
-    The vocabulary holds the printable ASCII characters of ``texts`` (plain and word-final ``</w>``),
-    one merge chain per word (``w0 w1 -> w0w1``, ``w0w1 w2 -> w0w1w2``, ...) and the start and end tokens.
-    Words of other texts tokenise into characters and partial words, so the tokenizer is complete for
-    ASCII. Returns the vocabulary.
+    A plain BPE (Sennrich et al.) is learnt on the words of ``texts`` as CLIP's own normaliser and
+    pre-tokeniser split them, with CLIP's ``</w>`` word suffix: the most frequent adjacent pair is
+    merged (ties: the smallest pair) until every word is one token, so the result is deterministic
+    and every template word is one token. The vocabulary holds the printable ASCII characters (plain
+    and with ``</w>``), the merge results, then the start and end tokens (last, as in CLIP).
+    Returns the vocabulary.
     """
-    words: dict[str, None] = {}
+    from transformers import CLIPTokenizer
+
+    backend = CLIPTokenizer().backend_tokenizer  # CLIP's normaliser and pre-tokeniser
+    words: dict[tuple[str, ...], int] = {}
     for i, text in enumerate(texts):
         bad = sorted({c for c in text if not ("!" <= c <= "~" or c.isspace())})
         if bad:
             raise ValueError(f"write_tiny_clip_tokenizer: texts[{i}] ({text!r}) has non-ASCII characters {bad}")
-        for word in _PRETOKENIZE.findall(" ".join(text.lower().split())):
-            words.setdefault(word)
-    chars = sorted({c for w in words for c in w})
-    vocab: dict[str, int] = {}
-    for token in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(token, len(vocab))
-    merges: dict[tuple[str, str], None] = {}
-    for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        current = symbols[0]
-        for symbol in symbols[1:]:
-            merges.setdefault((current, symbol))
-            current += symbol
-            vocab.setdefault(current, len(vocab))
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+            symbols = (*word[:-1], word[-1] + "</w>")
+            words[symbols] = words.get(symbols, 0) + 1
+    alphabet = [chr(c) for c in range(33, 127)]
+    vocab = {token: i for i, token in enumerate(alphabet + [c + "</w>" for c in alphabet])}
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: dict[tuple[str, str], int] = {}
+        for symbols, freq in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] = pairs.get(pair, 0) + freq
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        merged: dict[tuple[str, ...], int] = {}
+        for symbols, freq in words.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if symbols[i:i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + freq
+        words = merged
     for token in (_BOS, _EOS):
         vocab.setdefault(token, len(vocab))
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(os.path.join(directory, "vocab.json"), json.dumps(vocab, ensure_ascii=True) + "\n")
-    _atomic_write(os.path.join(directory, "merges.txt"),
+    _atomic_write(os.path.join(os.fspath(directory), "vocab.json"), json.dumps(vocab, ensure_ascii=True) + "\n")
+    _atomic_write(os.path.join(os.fspath(directory), "merges.txt"),
                   "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     return vocab
 

@@ -19,7 +19,7 @@ embeddings with soft targets); all weights 1.
 
 Parameter counts (exact; ``hub_configs_mmda.py`` has the breakdown): ``mmda-clip-vit-base-patch16``
 300,969,603 in all (CLIP 149,620,737 + MMDA 151,348,866, of which 134.5 M in its 16 MoEs), 237,541,507
-trainable with the default freezing (text tower frozen); ``mmda-tiny`` 132,663 / 108,589.
+trainable with the default freezing (text tower frozen); ``mmda-tiny`` 135,415 / 108,589.
 """
 
 from __future__ import annotations

@@ -418,7 +418,8 @@ class MissingModalityAndBadInputTest(unittest.TestCase):
         with pytest.raises(ValueError, match="spoof_template_input_ids"):
             model(**self.inputs)
         with pytest.raises(ValueError, match="both set or both None"):
-            MmdaConfig(**dict(config.to_dict(), spoof_template_input_ids=[[276, 277]] * 24))
+            tc = config.clip_config.text_config
+            MmdaConfig(**dict(config.to_dict(), spoof_template_input_ids=[[tc.bos_token_id, tc.eos_token_id]] * 24))
 
     def test_bad_templates(self):
         base = self.tester.get_config().to_dict()
