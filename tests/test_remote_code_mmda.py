@@ -84,5 +84,5 @@ def test_remote_code_roundtrip(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     logits = load_file(str(tmp_path / "logits.safetensors"))
-    for key, value in expected.items():
-        assert torch.equal(logits[key], value), key
+    for key, value in expected.items():  # another process: summation order may differ in the last bit
+        torch.testing.assert_close(logits[key], value, rtol=1e-5, atol=1e-6, msg=key)
