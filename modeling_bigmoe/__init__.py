@@ -38,6 +38,26 @@ AutoConfig.register("bigmoe", BigMoeConfig, exist_ok=True)
 AutoModel.register(BigMoeConfig, BigMoeModel, exist_ok=True)
 AutoModelForImageClassification.register(BigMoeConfig, BigMoeForFaceAntiSpoofing, exist_ok=True)
 
+from .configuration_lasoftmoe import LaSoftMoeConfig  # noqa: E402
+from .configuration_mmda import MmdaConfig  # noqa: E402
+from .modeling_lasoftmoe import (  # noqa: E402
+    LaSoftMoeFaceAntiSpoofingOutput,
+    LaSoftMoeForFaceAntiSpoofing,
+    register_lasoftmoe_for_remote_code,
+)
+from .modeling_mmda import (  # noqa: E402
+    MmdaFaceAntiSpoofingOutput,
+    MmdaForFaceAntiSpoofing,
+    MmdaPreTrainedModel,
+    register_mmda_for_remote_code,
+)
+
+for _config, _model, _type in ((MmdaConfig, MmdaForFaceAntiSpoofing, "mmda"),
+                               (LaSoftMoeConfig, LaSoftMoeForFaceAntiSpoofing, "la_softmoe")):
+    AutoConfig.register(_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    AutoModelForImageClassification.register(_config, _model, exist_ok=True)
+
 from .image_processing_bigmoe import BigMoeImageProcessor  # noqa: E402
 from .pipeline_fas import FaceAntiSpoofingPipeline, register_pipeline  # noqa: E402
 
@@ -79,6 +99,15 @@ __all__ = [
     "BigMoeForFaceAntiSpoofing",
     "BigMoeImageProcessor",
     "FaceAntiSpoofingPipeline",
+    "LaSoftMoeConfig",
+    "LaSoftMoeFaceAntiSpoofingOutput",
+    "LaSoftMoeForFaceAntiSpoofing",
+    "MmdaConfig",
+    "MmdaFaceAntiSpoofingOutput",
+    "MmdaForFaceAntiSpoofing",
+    "MmdaPreTrainedModel",
+    "register_lasoftmoe_for_remote_code",
+    "register_mmda_for_remote_code",
     "register_pipeline",
     "BigMoeModel",
     "BigMoeModelOutput",

@@ -36,8 +36,9 @@ def parse_overrides(text: str | None, *, field_name: str = "model_overrides") ->
 class ModelArguments:
     """Which model to build (or load)."""
 
-    model: Literal["bigmoe", "baseline"] = field(
-        default="bigmoe", metadata={"help": "model type: bigmoe, or baseline (same tower, linear head, no adapters)"})
+    model: Literal["bigmoe", "baseline", "mmda", "la_softmoe"] = field(
+        default="bigmoe", metadata={"help": "model type: bigmoe, baseline (same tower, linear head, no adapters), "
+                                            "mmda or la_softmoe"})
     config: str | None = field(
         default=None, metadata={"help": "config.json folder or Hub id (e.g. hub_configs/bigmoe-tiny); default: tiny"})
     from_clip: str | None = field(

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_CHOICES", "ModelSpec", "model_spec", "protocol_folds_for", "run_protocol"]
 
-MODEL_CHOICES = ("bigmoe", "baseline")
+MODEL_CHOICES = ("bigmoe", "baseline", "mmda", "la_softmoe")
 
 
 @dataclass
@@ -83,6 +83,40 @@ def _bigmoe_spec(name: str, *, config_path: str | None, from_clip: str | None, o
     return ModelSpec(name=name, build=build, image_size=config.vision_config.image_size)
 
 
+def _clip_pair_spec(name: str, *, model_type: str, config_path: str | None, from_clip: str | None,
+                    overrides: dict) -> ModelSpec:
+    """MMDA or La-SoftMoE CLIP: CLIP image + text towers, token ids of the text templates in the config."""
+    if model_type == "mmda":
+        from .configuration_mmda import MmdaConfig as config_class
+        from .hub_configs_mmda import tiny_config
+        from .modeling_mmda import MmdaForFaceAntiSpoofing as model_class
+    else:
+        from .configuration_lasoftmoe import LaSoftMoeConfig as config_class
+        from .hub_configs_lasoftmoe import tiny_config
+        from .modeling_lasoftmoe import LaSoftMoeForFaceAntiSpoofing as model_class
+
+    if from_clip:
+        from transformers import CLIPConfig
+
+        image_size = CLIPConfig.from_pretrained(from_clip).vision_config.image_size
+
+        def build(seed: int):
+            torch.manual_seed(seed)
+            return model_class.from_clip(from_clip, **overrides)
+
+        return ModelSpec(name=name, build=build, image_size=image_size)
+    if config_path:
+        config = config_class(**{**config_class.from_pretrained(config_path).to_dict(), **overrides})
+    else:
+        config = tiny_config(**overrides)
+
+    def build(seed: int):
+        torch.manual_seed(seed)
+        return model_class(config)
+
+    return ModelSpec(name=name, build=build, image_size=config.vision_config.image_size)
+
+
 def model_spec(model_type: str, *, config_path: str | None = None, from_clip: str | None = None,
                overrides: dict | None = None, name: str | None = None) -> ModelSpec:
     """A :class:`ModelSpec` for ``model_type`` in :data:`MODEL_CHOICES`.
@@ -94,6 +128,9 @@ def model_spec(model_type: str, *, config_path: str | None = None, from_clip: st
     if model_type in ("bigmoe", "baseline"):
         return _bigmoe_spec(name or model_type, config_path=config_path, from_clip=from_clip, overrides=overrides,
                             baseline=model_type == "baseline")
+    if model_type in ("mmda", "la_softmoe"):
+        return _clip_pair_spec(name or model_type, model_type=model_type, config_path=config_path,
+                               from_clip=from_clip, overrides=overrides)
     raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_CHOICES)}")
 
 
@@ -233,10 +270,11 @@ def summary_plot(rows: Sequence[dict], path: str | os.PathLike, *, title: str = 
         ax.set_title(label, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].axhline(50, color="grey", lw=0.8, ls="--")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(models), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
