@@ -52,9 +52,9 @@ __all__ = [
     "ExpertUsage",
     "add_explain_parser",
     "cls_attention_maps",
+    "expert_cluster",
     "explain_capture",
     "explain_inputs",
-    "expert_cluster",
     "prompt_magnitude",
     "render_expert_usage",
     "render_inputs",
@@ -75,7 +75,8 @@ MODALITY_TITLES = {"rgb": "RGB", "depth": "Depth", "ir": "IR"}
 
 def _check_routing(routing: BigMoeRouting, grid: int, where: str) -> None:
     if not isinstance(routing, BigMoeRouting):
-        raise ValueError(f"{where}: routing must be a BigMoeRouting, got {type(routing).__name__}")
+        raise ValueError(  # noqa: TRY004 (bad input is a ValueError throughout the package)
+            f"{where}: routing must be a BigMoeRouting, got {type(routing).__name__}")
     if routing.indices.shape != routing.weights.shape or routing.indices.dim() != 4:
         raise ValueError(f"{where}: routing indices/weights must both be (b, N, heads, k), got "
                          f"{tuple(routing.indices.shape)} / {tuple(routing.weights.shape)}")
@@ -479,14 +480,14 @@ def render_routing(explanation: CaptureExplanation, sample: int = 0) -> np.ndarr
     # the top weight of a head lies in [1/experts_per_head, 1]
     low = 1.0 / explanation.routing[0].weights.shape[-1] if explanation.routing else 0.0
     for row, block in enumerate(blocks):
-        panels = [("gate top score", block.top_score[sample], dict(cmap="viridis", vmin=low, vmax=1.0)),
+        panels = [("gate top score", block.top_score[sample], {"cmap": "viridis", "vmin": low, "vmax": 1.0}),
                   (f"expert cluster (of {k})", block.top_cluster[sample],
-                   dict(cmap=cmap, vmin=-0.5, vmax=k - 0.5)),
-                  ("prompt |p|", block.prompt_magnitude[sample], dict(cmap="magma"))]
+                   {"cmap": cmap, "vmin": -0.5, "vmax": k - 0.5}),
+                  ("prompt |p|", block.prompt_magnitude[sample], {"cmap": "magma"})]
         if with_attention:
             attn = block.cls_attention[sample]
             top = float(attn.max()) or 1.0
-            panels += [(f"CLS attn {MODALITY_TITLES[name]}", attn[j], dict(cmap="inferno", vmin=0.0, vmax=top))
+            panels += [(f"CLS attn {MODALITY_TITLES[name]}", attn[j], {"cmap": "inferno", "vmin": 0.0, "vmax": top})
                        for j, name in enumerate(PUBLIC_MODALITIES)]
         for col, (title, data, kwargs) in enumerate(panels):
             ax = axes[row, col]

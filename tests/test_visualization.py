@@ -128,7 +128,7 @@ def test_expert_usage_counts_and_entropy():
 
 def test_explain_inputs_matches_brute_force(tiny):
     model, processor = tiny
-    rgb, depth, ir = _capture()
+    rgb, depth, _ir = _capture()
     enc = processor([rgb], depth_images=[depth], ir_images=[None], return_tensors="pt")
     exp = explain_inputs(model, pixel_values=enc["pixel_values"], depth_pixel_values=enc["depth_pixel_values"],
                          ir_pixel_values=enc["ir_pixel_values"], modality_mask=enc["modality_mask"], attentions=True)
@@ -162,8 +162,8 @@ def test_explain_inputs_matches_brute_force(tiny):
         for n in range(grid * grid):
             expected_score = float(np.mean([float(w_[n, hh].max()) for hh in range(w_.shape[1])]))
             assert block.top_score[0, n // grid, n % grid] == pytest.approx(expected_score, abs=1e-6)
-            best = max(((float(w_[n, hh, kk]), -(hh * 2 + kk), int(i_[n, hh, kk]))
-                        for hh in range(w_.shape[1]) for kk in range(w_.shape[2])))
+            best = max((float(w_[n, hh, kk]), -(hh * 2 + kk), int(i_[n, hh, kk]))
+                        for hh in range(w_.shape[1]) for kk in range(w_.shape[2]))
             assert block.top_cluster[0, n // grid, n % grid] == best[2] // k
         attn = out.attentions[block.layer_idx][0].mean(0)[0]  # CLS row, (1 + 3N,)
         # stream order rgb, ir, depth; maps are rgb, depth, ir
