@@ -210,6 +210,7 @@ def example_capture(kind: str, folder: str | os.PathLike, *, domain: str = "C", 
     """Render one synthetic capture of ``kind`` (``"live"`` or an attack type) and write
     ``{kind}_rgb.png``, ``{kind}_depth.png``, ``{kind}_ir.png`` into ``folder``; returns the three paths."""
     from .synthetic import DOMAIN_PROFILES, generate_domain
+    from .visualization import atomic_write
 
     if kind not in EXAMPLE_KINDS:
         raise ValueError(f"example_capture: kind must be one of {list(EXAMPLE_KINDS)}, got {kind!r}")
@@ -223,11 +224,8 @@ def example_capture(kind: str, folder: str | os.PathLike, *, domain: str = "C", 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for modality in ("rgb", "depth", "ir"):
-        path = folder / f"{kind}_{modality}.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{kind}-", suffix=".png", dir=folder)
-        os.close(fd)
-        Image.fromarray(data[modality][0]).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        image = Image.fromarray(data[modality][0])
+        path = atomic_write(folder / f"{kind}_{modality}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
         paths[modality] = str(path)
     return paths
 

@@ -33,7 +33,7 @@ import argparse
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ __all__ = [
     "CaptureExplanation",
     "ExpertUsage",
     "add_explain_parser",
+    "atomic_write",
     "cls_attention_maps",
     "expert_cluster",
     "explain_capture",
@@ -405,24 +406,29 @@ def _to_array(fig) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
+def atomic_write(path: str | os.PathLike, writer) -> Path:
+    """Create ``path``'s folder, call ``writer(tmp)`` on a temporary name beside ``path`` (ordinary permissions),
+    then ``os.replace`` it into place; the temporary file is removed on failure. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def save_figure(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8 array as a PNG, atomically (temp file in the same folder, then ``os.replace``)."""
+    """Write an (H, W, 3) uint8 array as a PNG, atomically (:func:`atomic_write`)."""
     from PIL import Image
 
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise ValueError(f"save_figure: image must be (H, W, 3) uint8, got {array.shape} {array.dtype}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def _check_sample(explanation: CaptureExplanation, sample: int) -> None:
@@ -596,12 +602,8 @@ def run_explain(args: argparse.Namespace) -> int:
                                                         args.seed, args.batch_size))
         written.append(save_figure(render_expert_usage(usage), out / "usage.png"))
         summary["expert_usage"] = usage.summary()
-    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".json", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, out / "summary.json")
-    written.append(out / "summary.json")
+    text = json.dumps(summary, indent=2) + "\n"
+    written.append(atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text, encoding="utf-8")))
     print(f"{capture['name']}: live score {summary['live_score']:.4f} -> {summary['decision']} "
           f"(threshold {summary['threshold']:.4f}; modalities {'+'.join(summary['modalities'])})")
     for path in written:
