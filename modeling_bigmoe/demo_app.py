@@ -4,7 +4,8 @@
 link, analytics off). The page takes an RGB image and optional Depth / IR images, or an example rendered by
 the embedded synthetic benchmark for each attack type, and shows the live score, the decision at the
 checkpoint's ``config.decision_threshold``, the modalities used, the inputs as the model sees them and, for
-BIG-MoE, the per-block routing / prompt maps of :mod:`modeling_bigmoe.visualization`.
+BIG-MoE, the per-block routing / prompt maps of :mod:`modeling_bigmoe.visualization` (the Soft MoE slot maps
+for La-SoftMoE CLIP, the alignment levels for MMDA).
 ``examples/space/app.py`` runs the same app as a Hugging Face Space.
 
 Bad input never stops the server: a non-image upload, an image too small / too large / of a mode the image
@@ -133,8 +134,7 @@ class AnalysisResult:
     """What the page shows for one capture.
 
     ``ok`` is False when the input was refused; ``message`` then says why (and the other fields are empty).
-    ``inputs_image`` / ``routing_image`` are (H, W, 3) uint8 figures; ``routing_image`` is ``None`` for models
-    without routing maps (MMDA, La-SoftMoE CLIP).
+    ``inputs_image`` / ``routing_image`` are (H, W, 3) uint8 figures.
     """
 
     ok: bool
@@ -151,22 +151,11 @@ class AnalysisResult:
 _MODEL_LOCK = threading.Lock()
 
 
-def _score_other(model, processor, images: dict[str, Image.Image | None]) -> tuple[float, list[str]]:
-    enc = processor(images=[images["rgb"]], depth_images=None if images["depth"] is None else [images["depth"]],
-                    ir_images=None if images["ir"] is None else [images["ir"]], return_tensors="pt")
-    with torch.no_grad():
-        out = model(pixel_values=enc["pixel_values"].to(model.dtype),
-                    depth_pixel_values=enc["depth_pixel_values"].to(model.dtype),
-                    ir_pixel_values=enc["ir_pixel_values"].to(model.dtype), modality_mask=enc["modality_mask"])
-    mask = enc["modality_mask"][0].bool().tolist()
-    used = [name for name, present in zip(("rgb", "depth", "ir"), mask, strict=True) if present]
-    return float(out.logits.float().softmax(-1)[0, 1]), used
-
-
 def analyse_capture(model, processor, rgb=None, depth=None, ir=None, *, attentions: bool = False) -> AnalysisResult:
     """Validate uploaded files (paths; Depth / IR optional) and score them; never raises on bad input.
 
-    For BIG-MoE also renders the inputs and the routing / prompt maps (CLS attention with ``attentions``).
+    Also renders the inputs and :func:`~modeling_bigmoe.visualization.render_routing` (BIG-MoE routing /
+    prompt maps, CLS attention with ``attentions``; La-SoftMoE slot maps; MMDA alignment levels).
     """
     from .visualization import explain_capture, render_inputs, render_routing
 
@@ -186,23 +175,18 @@ def analyse_capture(model, processor, rgb=None, depth=None, ir=None, *, attentio
                                  f"{image.size[1]} px but RGB is {reference[0]}x{reference[1]} px: the three "
                                  "images must be aligned captures of the same size")
         with _MODEL_LOCK:
-            if getattr(model.config, "model_type", None) == "bigmoe":
-                explanation = explain_capture(model, processor, images["rgb"], images["depth"], images["ir"],
-                                              attentions=attentions)
-                score, used = float(explanation.live_scores[0]), explanation.modalities[0]
-                figures = (render_inputs(explanation), render_routing(explanation))
-                summary = explanation.summary()
-            else:
-                score, used = _score_other(model, processor, images)
-                figures, summary = (None, None), None
+            explanation = explain_capture(model, processor, images["rgb"], images["depth"], images["ir"],
+                                          attentions=attentions)
+            figures = (render_inputs(explanation), render_routing(explanation))
     except (ValueError, FileNotFoundError) as err:
         return AnalysisResult(ok=False, message=f"Input refused: {err}")
-    threshold = float(getattr(model.config, "decision_threshold", 0.5))
-    decision = "live" if score >= threshold else "spoof"
-    note = "" if figures[1] is not None else " (routing maps exist for BIG-MoE models only)"
-    return AnalysisResult(ok=True, message=f"Scored {'+'.join(used)}{note}.", live_score=score, threshold=threshold,
-                          decision=decision, modalities=used, inputs_image=figures[0], routing_image=figures[1],
-                          summary=summary)
+    score, used = float(explanation.live_scores[0]), explanation.modalities[0]
+    ignored = [name for name in ("depth", "ir") if images[name] is not None and name not in used]
+    note = f" ({' and '.join(ignored)} ignored: this model reads RGB only)" if ignored else ""
+    return AnalysisResult(ok=True, message=f"Scored {'+'.join(used)}{note}.", live_score=score,
+                          threshold=explanation.threshold, decision="live" if explanation.is_live() else "spoof",
+                          modalities=used, inputs_image=figures[0], routing_image=figures[1],
+                          summary=explanation.summary())
 
 
 def example_capture(kind: str, folder: str | os.PathLike, *, domain: str = "C", size: int = 64,
@@ -291,8 +275,10 @@ def build_demo(model, processor, *, title: str = "BIG-MoE face anti-spoofing", n
         message = gr.Markdown("Upload an RGB image (and optionally Depth / IR), then press Analyse.",
                               elem_id="message")
         inputs_figure = gr.Image(label="inputs as the model sees them", interactive=False, elem_id="inputs-figure")
-        routing_figure = gr.Image(label="per block: gate top score, top-expert cluster, prompt magnitude",
-                                  interactive=False, elem_id="routing-figure")
+        routing_label = {"bigmoe": "per block: gate top score, top-expert cluster, prompt magnitude",
+                         "la_softmoe": "per Soft MoE block: top expert, its combine share, slot read mass",
+                         "mmda": "alignment levels: live probability"}.get(model_type, "model internals")
+        routing_figure = gr.Image(label=routing_label, interactive=False, elem_id="routing-figure")
         outputs = [score, decision, used, message, inputs_figure, routing_figure]
         run.click(analyse, inputs=[rgb, depth, ir], outputs=outputs)
         load.click(load_example, inputs=[kind], outputs=[rgb, depth, ir, message]).then(

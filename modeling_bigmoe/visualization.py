@@ -22,9 +22,14 @@ the token stream:
 :class:`ExpertUsage` counts, over a dataset, how often every expert of every block is chosen: how many ever
 fire and the entropy of the choice distribution per block.
 
+The other two model types, where the concept exists: La-SoftMoE CLIP, per Soft MoE block and modality, the
+expert each patch draws on most (combine weights summed over the expert's slots), that expert's share, and
+how much the slots read the patch (dispatch weights summed over slots), from a pre-hook on each Soft MoE
+layer; MMDA, the live probability of each alignment level (``alignment_logits``). Expert-usage counts are
+BIG-MoE only.
+
 Plot functions write PNGs (matplotlib, Agg canvas, no global pyplot state) atomically; ``bigmoe-fas explain``
-(:func:`add_explain_parser`) writes them for one capture. MMDA and La-SoftMoE CLIP are not covered (their
-forwards expose neither routing nor slot assignments); passing them raises a ``ValueError`` that says so.
+(:func:`add_explain_parser`) writes them for one capture.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ from .clip_utils import get_clip_encoder_layers
 from .modeling_bigmoe import INTERNAL_MODALITIES, PUBLIC_MODALITIES
 
 __all__ = [
+    "EXPLAINED_MODEL_TYPES",
     "BlockMaps",
     "CaptureExplanation",
     "ExpertUsage",
+    "SlotMaps",
     "add_explain_parser",
     "atomic_write",
     "cls_attention_maps",
@@ -64,6 +71,7 @@ __all__ = [
     "routing_top_score",
     "run_explain",
     "save_figure",
+    "soft_moe_maps",
 ]
 
 MODALITY_TITLES = {"rgb": "RGB", "depth": "Depth", "ir": "IR"}
@@ -138,6 +146,31 @@ def cls_attention_maps(attention: torch.Tensor, grid: int, num_modalities: int =
     return maps.cpu().numpy()
 
 
+def soft_moe_maps(dispatch: torch.Tensor, combine: torch.Tensor, num_experts: int, grid: int,
+                  num_modalities: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft MoE weights of a ``[CLS; patches]`` stream -> per-patch maps ``(top_expert, top_share, read_mass)``,
+    each (b, m, grid, grid), modalities in stream order.
+
+    ``dispatch`` / ``combine`` are (b, 1 + m*N, s) with slot ``j`` owned by expert ``j // (s / num_experts)``.
+    ``top_expert``: the expert whose slots the token's output draws on most (combine summed per expert);
+    ``top_share``: that expert's share of the token's combine weights (in [1/num_experts, 1]);
+    ``read_mass``: the dispatch weight the slots put on the token, summed over slots (mean 1 would be uniform
+    over ``s`` slots and ``s`` tokens; CLS is left out of the maps).
+    """
+    n = 1 + num_modalities * grid * grid
+    if dispatch.shape != combine.shape or dispatch.dim() != 3 or dispatch.shape[1] != n:
+        raise ValueError(f"soft_moe_maps: dispatch and combine must both be (b, {n}, s), got "
+                         f"{tuple(dispatch.shape)} / {tuple(combine.shape)}")
+    b, _, s = combine.shape
+    if num_experts <= 0 or s % num_experts:
+        raise ValueError(f"soft_moe_maps: {s} slots do not split over {num_experts} experts")
+    per_expert = combine.detach().float()[:, 1:].reshape(b, n - 1, num_experts, s // num_experts).sum(-1)
+    share, top = per_expert.max(dim=-1)
+    mass = dispatch.detach().float()[:, 1:].sum(-1)
+    shape = (b, num_modalities, grid, grid)
+    return top.reshape(shape).cpu().numpy(), share.reshape(shape).cpu().numpy(), mass.reshape(shape).cpu().numpy()
+
+
 # ----------------------------------------------------------------------------------------------
 # one capture
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +189,17 @@ class BlockMaps:
 
 
 @dataclass
+class SlotMaps:
+    """The Soft MoE maps of one La-SoftMoE block (see :func:`soft_moe_maps`); arrays are (b, m, grid, grid)
+    with the modalities of the model's stream (``CaptureExplanation.stream_modalities``)."""
+
+    layer_idx: int
+    top_expert: np.ndarray
+    top_share: np.ndarray
+    read_mass: np.ndarray
+
+
+@dataclass
 class CaptureExplanation:
     """What :func:`explain_inputs` returns for a batch.
 
@@ -167,7 +211,12 @@ class CaptureExplanation:
         grid: patches per side; num_experts, num_clusters: experts per block and product-key clusters.
         images: per modality, (b, H, W, 3) float in [0, 1] as the model sees them (before normalisation),
             ``None`` for a modality missing in every sample; empty when unknown.
-        routing: the raw routing, one per block.
+        routing: the raw routing, one per block (BIG-MoE).
+        model_type: ``"bigmoe"``, ``"la_softmoe"`` or ``"mmda"``.
+        slot_blocks: La-SoftMoE only, one :class:`SlotMaps` per Soft MoE block; ``stream_modalities`` names
+            their modality axis (``("rgb",)`` for ``input_mode="rgb"``).
+        alignment_live: MMDA only, (b, L) live probability of each alignment level (softmax of the RS2 logits
+            ``[v0, v1..vD, v'_{D-1}..v'_0]``).
     """
 
     live_scores: np.ndarray
@@ -178,6 +227,10 @@ class CaptureExplanation:
     num_experts: int
     images: dict[str, np.ndarray | None] = field(default_factory=dict)
     routing: tuple[BigMoeRouting, ...] = ()
+    model_type: str = "bigmoe"
+    slot_blocks: list[SlotMaps] = field(default_factory=list)
+    stream_modalities: tuple[str, ...] = PUBLIC_MODALITIES
+    alignment_live: np.ndarray | None = None
 
     @property
     def num_clusters(self) -> int:
@@ -200,10 +253,19 @@ class CaptureExplanation:
                 entry["cls_attention_share"] = {name: float(block.cls_attention[sample, j].sum())
                                                 for j, name in enumerate(PUBLIC_MODALITIES)}
             blocks.append(entry)
-        return {"live_score": float(self.live_scores[sample]), "threshold": self.threshold,
-                "decision": "live" if self.is_live(sample) else "spoof",
-                "modalities": self.modalities[sample], "grid": self.grid, "num_experts": self.num_experts,
-                "blocks": blocks}
+        out = {"model_type": self.model_type, "live_score": float(self.live_scores[sample]),
+               "threshold": self.threshold, "decision": "live" if self.is_live(sample) else "spoof",
+               "modalities": self.modalities[sample], "grid": self.grid, "num_experts": self.num_experts,
+               "blocks": blocks}
+        if self.slot_blocks:
+            out["slot_blocks"] = [
+                {"layer": block.layer_idx,
+                 "expert_patch_counts": np.bincount(block.top_expert[sample].reshape(-1),
+                                                    minlength=self.num_experts).tolist(),
+                 "mean_top_share": float(block.top_share[sample].mean())} for block in self.slot_blocks]
+        if self.alignment_live is not None:
+            out["alignment_live"] = [float(v) for v in self.alignment_live[sample]]
+        return out
 
 
 def _bigmoe_parts(model) -> tuple[Any, Any]:
@@ -211,19 +273,111 @@ def _bigmoe_parts(model) -> tuple[Any, Any]:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type != "bigmoe":
-        raise ValueError(f"visualization: model_type {model_type!r} is not supported; routing, prompt and "
-                         "attention maps exist for BIG-MoE ('bigmoe') models only (MMDA and La-SoftMoE CLIP "
-                         "expose neither routing nor slot assignments in their forward)")
+        raise ValueError(f"visualization: model_type {model_type!r} is not supported here; PEER routing, "
+                         "prompt and expert-usage statistics exist for BIG-MoE ('bigmoe') models only")
     backbone = getattr(model, "bigmoe", model)
     return backbone, config
+
+
+EXPLAINED_MODEL_TYPES = ("bigmoe", "la_softmoe", "mmda")
 
 
 @torch.no_grad()
 def explain_inputs(model, *, pixel_values=None, depth_pixel_values=None, ir_pixel_values=None,
                    modality_mask=None, attentions: bool = False,
                    display_images: Mapping[str, np.ndarray | None] | None = None) -> CaptureExplanation:
-    """Run a BIG-MoE classifier once on model inputs (as the image processor returns them) and compute the
-    maps of every adapted block; ``attentions=True`` adds CLS-attention maps (eager attention, slower)."""
+    """Run a face anti-spoofing model once (eval, no grad) on model inputs (as the image processor returns
+    them) and compute what it exposes: BIG-MoE, the maps of every adapted block (``attentions=True`` adds
+    CLS-attention maps; eager attention, slower); La-SoftMoE CLIP, the Soft MoE slot maps of every block;
+    MMDA, the live probability of every alignment level."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in EXPLAINED_MODEL_TYPES:
+        raise ValueError(f"explain_inputs: model_type {model_type!r} is not supported; expected one of "
+                         f"{list(EXPLAINED_MODEL_TYPES)}")
+    inputs = {"pixel_values": pixel_values, "depth_pixel_values": depth_pixel_values,
+              "ir_pixel_values": ir_pixel_values}
+    if model_type == "la_softmoe":
+        return _explain_lasoftmoe(model, inputs, modality_mask, display_images)
+    if model_type == "mmda":
+        return _explain_mmda(model, inputs, modality_mask, display_images)
+    return _explain_bigmoe(model, inputs, modality_mask, attentions, display_images)
+
+
+def _present_modalities(inputs: dict, modality_mask, used: Sequence[str] = PUBLIC_MODALITIES) -> list[list[str]]:
+    """Per sample, the public modalities given (tensor present and, with a mask, marked present)."""
+    tensor = next(t for t in inputs.values() if t is not None)
+    b = tensor.shape[0]
+    keys = dict(zip(PUBLIC_MODALITIES, ("pixel_values", "depth_pixel_values", "ir_pixel_values"), strict=True))
+    mask = None if modality_mask is None else torch.as_tensor(modality_mask).bool().cpu()
+    return [[name for j, name in enumerate(PUBLIC_MODALITIES)
+             if name in used and inputs[keys[name]] is not None and (mask is None or bool(mask[i, j]))]
+            for i in range(b)]
+
+
+def _run(model, inputs: dict, modality_mask, **kwargs):
+    was_training = model.training
+    model.eval()
+    dtype = model.dtype
+    cast = {name: (None if t is None else t.to(dtype)) for name, t in inputs.items()}
+    try:
+        return model(**cast, modality_mask=modality_mask, return_dict=True, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def _explain_lasoftmoe(model, inputs, modality_mask, display_images) -> CaptureExplanation:
+    from .layers_softmoe import LaSoftMoeLayer
+
+    config = model.config
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LaSoftMoeLayer):
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            layers[int(getattr(parent, "layer_idx", len(layers)))] = module
+    if not layers:
+        raise ValueError("explain_inputs: the La-SoftMoE model holds no Soft MoE layer")
+    captured: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer_idx: int):
+        def hook(module, args):
+            captured[layer_idx] = args[0].detach()
+        return hook
+
+    handles = [module.register_forward_pre_hook(make_hook(i)) for i, module in layers.items()]
+    try:
+        out = _run(model, inputs, modality_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stream = PUBLIC_MODALITIES if config.input_mode == "multimodal" else ("rgb",)
+    slot_blocks = []
+    num_experts = config.moe_num_experts
+    grid = 0
+    for i in sorted(layers):
+        module = layers[i]
+        x = captured[i]
+        grid = math.isqrt((x.shape[1] - 1) // len(stream))
+        _, dispatch, combine = module.forward(x, return_weights=True)  # .forward: the hooks are gone anyway
+        top, share, mass = soft_moe_maps(dispatch, combine, num_experts, grid, len(stream))
+        slot_blocks.append(SlotMaps(layer_idx=i, top_expert=top, top_share=share, read_mass=mass))
+    scores = out.logits.float().softmax(dim=-1)[:, 1].cpu().numpy()
+    return CaptureExplanation(live_scores=scores, threshold=float(getattr(config, "decision_threshold", 0.5)),
+                              modalities=_present_modalities(inputs, modality_mask, stream), blocks=[], grid=grid,
+                              num_experts=num_experts, images=dict(display_images or {}), model_type="la_softmoe",
+                              slot_blocks=slot_blocks, stream_modalities=stream)
+
+
+def _explain_mmda(model, inputs, modality_mask, display_images) -> CaptureExplanation:
+    config = model.config
+    out = _run(model, inputs, modality_mask)
+    scores = out.logits.float().softmax(dim=-1)[:, 1].cpu().numpy()
+    levels = out.alignment_logits.float().softmax(dim=-1)[..., 1].cpu().numpy()
+    return CaptureExplanation(live_scores=scores, threshold=float(getattr(config, "decision_threshold", 0.5)),
+                              modalities=_present_modalities(inputs, modality_mask), blocks=[], grid=0, num_experts=0,
+                              images=dict(display_images or {}), model_type="mmda", alignment_live=levels)
+
+
+def _explain_bigmoe(model, inputs, modality_mask, attentions, display_images) -> CaptureExplanation:
     backbone, config = _bigmoe_parts(model)
     if not hasattr(model, "classifier"):
         raise ValueError("explain_inputs: needs a BigMoeForFaceAntiSpoofing (with its classifier head), got "
@@ -242,19 +396,11 @@ def explain_inputs(model, *, pixel_values=None, depth_pixel_values=None, ir_pixe
     for layer in get_clip_encoder_layers(backbone.vision_tower):
         if isinstance(layer, BigMoeBlockAdapter):
             handles.append(layer.register_forward_pre_hook(make_hook(layer.layer_idx), with_kwargs=True))
-    was_training = model.training
-    model.eval()
-    dtype = model.dtype
-    cast = {name: (None if t is None else t.to(dtype)) for name, t in
-            (("pixel_values", pixel_values), ("depth_pixel_values", depth_pixel_values),
-             ("ir_pixel_values", ir_pixel_values))}
     try:
-        out = model(**cast, modality_mask=modality_mask, output_routing=True, output_attentions=attentions,
-                    return_dict=True)
+        out = _run(model, inputs, modality_mask, output_routing=True, output_attentions=attentions)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     blocks = []
     for routing in out.routing:
         i = routing.layer_idx
@@ -471,9 +617,15 @@ def _cluster_cmap(num_clusters: int):
 
 
 def render_routing(explanation: CaptureExplanation, sample: int = 0) -> np.ndarray:
-    """One row per adapted block: gate top score, top-expert cluster, prompt magnitude and (when computed) the
-    CLS attention to each modality. Returns (H, W, 3) uint8."""
+    """BIG-MoE: one row per adapted block: gate top score, top-expert cluster, prompt magnitude and (when
+    computed) the CLS attention to each modality. La-SoftMoE: one row per Soft MoE block, per modality the top
+    expert, its combine share and the slots' read mass. MMDA: a bar chart of the alignment levels' live
+    probabilities. Returns (H, W, 3) uint8."""
     _check_sample(explanation, sample)
+    if explanation.model_type == "la_softmoe":
+        return _render_slots(explanation, sample)
+    if explanation.model_type == "mmda":
+        return _render_alignment(explanation, sample)
     blocks = explanation.blocks
     if not blocks:
         raise ValueError("render_routing: the explanation holds no adapted block")
@@ -505,6 +657,62 @@ def render_routing(explanation: CaptureExplanation, sample: int = 0) -> np.ndarr
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"routing and prompts ({explanation.grid}x{explanation.grid} grid, "
                  f"{explanation.num_experts} experts per block)", fontsize=10)
+    fig.tight_layout()
+    return _to_array(fig)
+
+
+def _render_slots(explanation: CaptureExplanation, sample: int) -> np.ndarray:
+    blocks = explanation.slot_blocks
+    if not blocks:
+        raise ValueError("render_routing: the explanation holds no Soft MoE block")
+    stream = explanation.stream_modalities
+    e = explanation.num_experts
+    cols = 3 * len(stream)
+    fig = _figure(2.3 * cols, 2.1 * len(blocks) + 0.5)
+    axes = np.asarray(fig.subplots(len(blocks), cols, squeeze=False))
+    cmap = _cluster_cmap(e)
+    for row, block in enumerate(blocks):
+        panels = []
+        for j, name in enumerate(stream):
+            title = MODALITY_TITLES[name]
+            panels += [(f"{title}: top expert (of {e})", block.top_expert[sample, j],
+                        {"cmap": cmap, "vmin": -0.5, "vmax": e - 0.5}, False),
+                       (f"{title}: its combine share", block.top_share[sample, j],
+                        {"cmap": "viridis", "vmin": 1.0 / e, "vmax": 1.0}, True),
+                       (f"{title}: slot read mass", block.read_mass[sample, j], {"cmap": "magma"}, True)]
+        for col, (title, data, kwargs, bar) in enumerate(panels):
+            ax = axes[row, col]
+            im = ax.imshow(data, interpolation="nearest", **kwargs)
+            ax.set_title(f"block {block.layer_idx}: {title}" if col == 0 else title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if bar:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"Soft MoE slots ({explanation.grid}x{explanation.grid} grid, {e} experts per block)", fontsize=10)
+    fig.tight_layout()
+    return _to_array(fig)
+
+
+def _render_alignment(explanation: CaptureExplanation, sample: int) -> np.ndarray:
+    levels = explanation.alignment_live
+    if levels is None:
+        raise ValueError("render_routing: the explanation holds no alignment levels")
+    values = levels[sample]
+    depth = (len(values) - 1) // 2
+    labels = ["v0"] + [f"v{i}" for i in range(1, depth + 1)] + [f"v'{i}" for i in range(depth - 1, -1, -1)]
+    fig = _figure(max(5.0, 0.5 * len(values) + 2), 3.2)
+    ax = fig.subplots(1, 1)
+    x = np.arange(len(values))
+    colors = ["tab:green" if v >= explanation.threshold else "tab:red" for v in values]
+    ax.bar(x, values, color=colors)
+    ax.axhline(explanation.threshold, color="grey", ls="--", lw=0.8, label=f"threshold {explanation.threshold:.3f}")
+    ax.axhline(explanation.live_scores[sample], color="black", lw=0.8,
+               label=f"classifier {explanation.live_scores[sample]:.3f}")
+    ax.set_xticks(x, labels[:len(values)] if len(labels) == len(values) else [str(i) for i in x], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("live probability")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("MMDA alignment levels (U-DSA): live probability per level", fontsize=9)
     fig.tight_layout()
     return _to_array(fig)
 

@@ -249,3 +249,25 @@ def test_browser_upload_score_and_bad_input(saved_model, images, tmp_path):
         browser.quit()
         demo.close()
     assert time.perf_counter() - start < 60
+
+
+def test_analyse_other_model_types(images):
+    from modeling_bigmoe.hub_configs_lasoftmoe import tiny_config as lasoftmoe_tiny
+    from modeling_bigmoe.hub_configs_mmda import tiny_config as mmda_tiny
+    from modeling_bigmoe.modeling_lasoftmoe import LaSoftMoeForFaceAntiSpoofing
+    from modeling_bigmoe.modeling_mmda import MmdaForFaceAntiSpoofing
+
+    processor = BigMoeImageProcessor(size=32)
+    paths = [str(images / name) for name in ("rgb.png", "depth.png", "ir.png")]
+    mmda = MmdaForFaceAntiSpoofing(mmda_tiny()).eval()
+    result = analyse_capture(mmda, processor, *paths)
+    assert result.ok and result.message == "Scored rgb+depth+ir."
+    assert result.live_score == pytest.approx(_direct_score(mmda, processor, *paths), abs=1e-6)
+    assert len(result.summary["alignment_live"]) == 2 * mmda.config.udsa_depth + 1
+    # La-SoftMoE in the paper's RGB-only mode: Depth / IR are accepted and said to be ignored
+    lasoftmoe = LaSoftMoeForFaceAntiSpoofing(lasoftmoe_tiny()).eval()
+    result = analyse_capture(lasoftmoe, processor, *paths)
+    assert result.ok and result.modalities == ["rgb"]
+    assert result.message == "Scored rgb (depth and ir ignored: this model reads RGB only)."
+    assert result.live_score == pytest.approx(_direct_score(lasoftmoe, processor, paths[0]), abs=1e-6)
+    assert result.routing_image.shape[2] == 3

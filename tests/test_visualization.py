@@ -31,6 +31,7 @@ from modeling_bigmoe.visualization import (
     routing_top_cluster,
     routing_top_score,
     save_figure,
+    soft_moe_maps,
 )
 
 
@@ -216,13 +217,14 @@ def test_explain_capture_figures_and_usage(tiny, tmp_path):
         save_figure(np.zeros((4, 4)), tmp_path / "bad.png")
 
 
-def test_non_bigmoe_model_rejected():
+def test_unknown_model_type_rejected():
     class Other(torch.nn.Module):
-        config = type("C", (), {"model_type": "mmda"})()
+        config = type("C", (), {"model_type": "clip"})()
 
-    with pytest.raises(ValueError, match="model_type 'mmda' is not supported"):
+    with pytest.raises(ValueError, match="model_type 'clip' is not supported"):
         explain_inputs(Other(), pixel_values=torch.zeros(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="not supported"):
+    Other.config.model_type = "mmda"
+    with pytest.raises(ValueError, match="'mmda' is not supported here; PEER routing"):
         ExpertUsage.for_model(Other())
 
 
@@ -279,3 +281,86 @@ def test_explain_cli(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="--ir file"):
         bad.func(bad)
     assert not (tmp_path / "o3").exists()
+
+
+# ---------------------------------------------------------------- La-SoftMoE slots and MMDA levels
+
+
+def test_soft_moe_maps_hand_computed():
+    # grid 1, one modality: tokens [CLS, patch]; 4 slots, 2 experts (slots 0-1 expert 0, 2-3 expert 1)
+    combine = torch.tensor([[[0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]]])
+    dispatch = torch.tensor([[[0.5, 0.75, 0.0, 1.0], [0.5, 0.25, 1.0, 0.0]]])
+    top, share, mass = soft_moe_maps(dispatch, combine, 2, 1)
+    assert top.shape == (1, 1, 1, 1) and int(top[0, 0, 0, 0]) == 1
+    assert share[0, 0, 0, 0] == pytest.approx(0.7)
+    assert mass[0, 0, 0, 0] == pytest.approx(1.75)
+    with pytest.raises(ValueError, match="do not split over 3 experts"):
+        soft_moe_maps(dispatch, combine, 3, 1)
+    with pytest.raises(ValueError, match=r"\(b, 4, s\)"):
+        soft_moe_maps(dispatch, combine, 2, 1, num_modalities=3)
+
+
+@pytest.mark.parametrize("input_mode", ["rgb", "multimodal"])
+def test_lasoftmoe_slot_maps_brute_force(input_mode):
+    from modeling_bigmoe.hub_configs_lasoftmoe import tiny_config as lasoftmoe_tiny
+    from modeling_bigmoe.layers_softmoe import LaSoftMoeLayer
+    from modeling_bigmoe.modeling_lasoftmoe import LaSoftMoeForFaceAntiSpoofing
+
+    model = LaSoftMoeForFaceAntiSpoofing(lasoftmoe_tiny(input_mode=input_mode)).eval()
+    processor = BigMoeImageProcessor(size=32)
+    rgb, depth, _ = _capture(2)
+    layers = [m for m in model.modules() if isinstance(m, LaSoftMoeLayer)]
+    seen = {}
+    handles = [layer.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, args[0]))
+               for i, layer in enumerate(layers)]
+    exp = explain_capture(model, processor, rgb, depth, None)
+    for handle in handles:
+        handle.remove()
+    assert all(not layer._forward_pre_hooks for layer in layers), "hooks must be removed"
+    stream = ("rgb", "depth", "ir") if input_mode == "multimodal" else ("rgb",)
+    assert exp.model_type == "la_softmoe" and exp.stream_modalities == stream
+    assert exp.modalities == [["rgb", "depth"] if input_mode == "multimodal" else ["rgb"]]
+    assert len(exp.slot_blocks) == len(layers) == 2 and exp.grid == 4
+    e = model.config.moe_num_experts
+    with torch.no_grad():
+        for i, (block, layer) in enumerate(zip(exp.slot_blocks, layers, strict=True)):
+            logits = layer.logits(seen[i])
+            dispatch = logits.softmax(dim=1)[0]
+            combine = layer.combine_weights(logits)[0]
+            s = combine.shape[-1]
+            for m in range(len(stream)):
+                for n in range(16):
+                    token = 1 + m * 16 + n
+                    sums = [float(combine[token, x * (s // e):(x + 1) * (s // e)].sum()) for x in range(e)]
+                    r, c = divmod(n, 4)
+                    assert block.top_expert[0, m, r, c] == int(np.argmax(sums))
+                    assert block.top_share[0, m, r, c] == pytest.approx(max(sums), abs=1e-5)
+                    assert block.read_mass[0, m, r, c] == pytest.approx(float(dispatch[token].sum()), abs=1e-5)
+            # every slot's dispatch sums to 1 over the tokens: patches + CLS = s
+            assert block.read_mass[0].sum() + float(dispatch[0].sum()) == pytest.approx(s, abs=1e-4)
+    summary = exp.summary()
+    assert [sum(b["expert_patch_counts"]) for b in summary["slot_blocks"]] == [16 * len(stream)] * 2
+    image = render_routing(exp)
+    assert image.shape == (round((2.1 * 2 + 0.5) * 100), round(2.3 * 3 * len(stream) * 100), 3)
+
+
+def test_mmda_alignment_levels():
+    from modeling_bigmoe.hub_configs_mmda import tiny_config as mmda_tiny
+    from modeling_bigmoe.modeling_mmda import MmdaForFaceAntiSpoofing
+
+    model = MmdaForFaceAntiSpoofing(mmda_tiny(decision_threshold=0.3)).eval()
+    processor = BigMoeImageProcessor(size=32)
+    rgb, _, ir = _capture(3)
+    exp = explain_capture(model, processor, rgb, None, ir)
+    enc = processor([rgb], ir_images=[ir], return_tensors="pt")
+    with torch.no_grad():
+        out = model(pixel_values=enc["pixel_values"], depth_pixel_values=enc["depth_pixel_values"],
+                    ir_pixel_values=enc["ir_pixel_values"], modality_mask=enc["modality_mask"])
+    levels = out.alignment_logits.softmax(-1)[0, :, 1].numpy()
+    assert exp.alignment_live.shape == (1, 2 * model.config.udsa_depth + 1)
+    np.testing.assert_allclose(exp.alignment_live[0], levels, rtol=1e-5)
+    assert exp.live_scores[0] == pytest.approx(float(out.logits.softmax(-1)[0, 1]), abs=1e-6)
+    assert exp.modalities == [["rgb", "ir"]] and exp.threshold == pytest.approx(0.3)
+    summary = exp.summary()
+    assert summary["model_type"] == "mmda" and len(summary["alignment_live"]) == levels.size
+    assert render_routing(exp).shape[2] == 3 and render_inputs(exp).shape == (300, 750, 3)
