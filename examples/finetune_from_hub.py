@@ -24,6 +24,7 @@ results; ``--push_to`` uploads that model folder with :func:`modeling_bigmoe.hub
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         progress=not training.get("disable_tqdm"),
     )
     print(summary["markdown"])
-    if args.push_to:
+    if args.push_to and int(os.environ.get("RANK", "0")) == 0:  # one push, from the main process
         runs = summary["runs"]
         if len(runs) != 1:
             raise ValueError(f"finetune_from_hub.py: --push_to needs exactly one run (one fold, one seed), "
