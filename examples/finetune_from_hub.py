@@ -88,7 +88,7 @@ def load_benchmark(args: FinetuneArguments):
 
         return load_synthetic_benchmark(domains, samples_per_domain=args.samples_per_domain)
     if not args.data_root or not args.list_dir:
-        raise ValueError("finetune_from_hub.py: --dataset mmdg needs --data_root and --list_dir")
+        raise ValueError("--dataset mmdg needs --data_root and --list_dir")
     from modeling_bigmoe.data import load_mmdg_benchmark
 
     return load_mmdg_benchmark(args.data_root, args.list_dir, domains)
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.set_defaults(**FINETUNE_DEFAULTS)
     args, _ = parser.parse_args_into_dataclasses(argv)
     if not args.model_id:
-        raise ValueError("finetune_from_hub.py: --model_id is required")
+        raise ValueError("--model_id is required")
     training = training_overrides(parser, argv)
     output_dir = training.pop("output_dir")
     if training.pop("seed", 42) != 42:
-        raise ValueError("finetune_from_hub.py: give seeds with --seeds, not --seed")
+        raise ValueError("give seeds with --seeds, not --seed")
 
     def build(seed: int):  # the seed only matters for the training order and dropout: the weights are loaded
         if args.adapter_only:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.push_to and int(os.environ.get("RANK", "0")) == 0:  # one push, from the main process
         runs = summary["runs"]
         if len(runs) != 1:
-            raise ValueError(f"finetune_from_hub.py: --push_to needs exactly one run (one fold, one seed), "
+            raise ValueError(f"--push_to needs exactly one run (one fold, one seed), "
                              f"got {len(runs)}; restrict --targets / --pairs / --seeds")
         model_dir = Path(runs[0]["paths"]["model"])
         push_run(model_dir, args.push_to, private=args.private)

@@ -48,9 +48,9 @@ class PredictFolderArguments:
 def predict_folder(args: PredictFolderArguments) -> list[dict]:
     """Score every capture of ``args.inputs`` and write ``args.output`` (atomically); returns the rows."""
     if not args.model or not args.inputs:
-        raise ValueError("predict_folder.py: --model and --inputs are required")
+        raise ValueError("--model and --inputs are required")
     if args.batch_size < 1:
-        raise ValueError(f"predict_folder.py: --batch_size must be >= 1, got {args.batch_size}")
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     captures = collect_captures(args.inputs)
     fas = pipeline("face-anti-spoofing", model=args.model, revision=args.revision, device=args.device)
     samples = [{m: c.get(m) for m in ("rgb", "depth", "ir")} for c in captures]

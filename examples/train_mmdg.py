@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.set_defaults(**REFERENCE_RECIPE)
     args, _ = parser.parse_args_into_dataclasses(argv)  # validates every option
     if not args.data_root or not args.list_dir:
-        raise ValueError("train_mmdg.py: --data_root and --list_dir are required")
+        raise ValueError("--data_root and --list_dir are required")
     training = training_overrides(parser, argv)
     output_dir = training.pop("output_dir")
     if training.pop("seed", 42) != 42:
-        raise ValueError("train_mmdg.py: give training seeds with --seeds (e.g. --seeds 42,43,44), not --seed")
+        raise ValueError("give training seeds with --seeds (e.g. --seeds 42,43,44), not --seed")
 
     overrides = parse_overrides(args.model_overrides)
     models = [model_spec(name, config_path=args.config, from_clip=None if args.config else args.from_clip,
