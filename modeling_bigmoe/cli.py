@@ -412,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--seed", type=int, default=0)
     smoke.set_defaults(func=run_smoke)
 
+    from .demo_app import add_demo_app_parser
+    from .visualization import add_explain_parser
+
+    add_explain_parser(subparsers)
+    add_demo_app_parser(subparsers)
+
     for name, text in (("protocol", "run P1 / P2 / P3 end to end (see: bigmoe-fas protocol --help)"),
                        ("train", "train one fold (see: bigmoe-fas train --help)"),
                        ("evaluate", "evaluate a saved model (see: bigmoe-fas evaluate --help)"),
