@@ -1,7 +1,7 @@
 """Demo app: input validation and scoring (no Gradio needed), and a real headless-Chromium browser test.
 
 The browser test needs Gradio, Selenium, Debian's ``chromium`` and ``chromium-driver``; it is skipped when one
-is missing unless ``BIGMOE_REQUIRE_BROWSER=1`` (set by ``.ci/run``), where it fails instead. With
+is missing unless ``BIGMOE_REQUIRE_BROWSER=1`` (set by ``make test`` once Chromium is installed), where it fails instead. With
 ``BIGMOE_SCREENSHOT=path.png`` it also copies its screenshot there.
 """
 
