@@ -217,7 +217,8 @@ def cmd_train(argv) -> int:
     processor = BigMoeImageProcessor(size=spec.image_size, normalization=data.normalization)
     base = FasCollator.from_dataset(processor, splits, with_video_vocabulary=False)
     augmentation = None if fold_args.no_augment else FasAugmentation(seed=training_args.seed)
-    train_collator = FasCollator(processor, augmentation, attack_type_names=base.attack_type_names)
+    train_collator = FasCollator(processor, augmentation, attack_type_names=base.attack_type_names,
+                                 domain_names=fold.sources if spec.uses_domain_labels else None)
     result = run_fold(splits, model_init=lambda: spec.build(training_args.seed), train_collator=train_collator,
                       eval_collator=base, attack_type_names=base.attack_type_names, training_args=training_args,
                       fold_name=fold.name, model_name=spec.name, processor=processor)

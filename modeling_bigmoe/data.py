@@ -742,7 +742,9 @@ class FasCollator:
     Output (all tensors): ``pixel_values``, ``depth_pixel_values``, ``ir_pixel_values`` (float
     ``(b, 3, H, W)``, normalised, missing ones filled), ``modality_mask`` (bool ``(b, 3)``, rgb/depth/ir),
     ``labels`` (long ``(b,)``, 1 = live) and, when ``return_metadata``, ``attack_type`` and ``video_id``
-    (long ``(b,)``) for metrics.
+    (long ``(b,)``) for metrics. With ``domain_names`` it also returns ``domain_labels`` (long ``(b,)``: the
+    index of each row's ``domain`` in ``domain_names``), the input MMDA's MD2A uses to reorganise a
+    training batch; give it to the *training* collator only (the target domain is unknown at test time).
 
     Integer codes: ``attack_type`` is the index in ``attack_type_names`` (default
     `DEFAULT_ATTACK_TYPES`; use :meth:`from_dataset` to build it from the data: ``"live"`` first, then
@@ -761,6 +763,7 @@ class FasCollator:
         attack_type_names: the attack-type vocabulary (a list; ``"live"`` should be included).
         video_id_names: optional video-id vocabulary.
         return_metadata: include ``attack_type`` and ``video_id`` in the output.
+        domain_names: optional domain vocabulary; when given, ``domain_labels`` is returned.
     """
 
     def __init__(
@@ -773,6 +776,7 @@ class FasCollator:
         attack_type_names: Sequence[str] | None = None,
         video_id_names: Sequence[str] | None = None,
         return_metadata: bool = True,
+        domain_names: Sequence[str] | None = None,
     ):
         for name, values in (("modalities", modalities), ("drop_modalities", drop_modalities)):
             bad = [m for m in values if m not in MODALITIES]
@@ -796,6 +800,12 @@ class FasCollator:
             {n: i for i, n in enumerate(self.video_id_names)} if self.video_id_names is not None else None
         )
         self.return_metadata = bool(return_metadata)
+        if isinstance(domain_names, str):
+            raise ValueError(f"domain_names must be a list of domain names, got the string {domain_names!r}")
+        self.domain_names = list(domain_names) if domain_names is not None else None
+        if self.domain_names is not None and len(set(self.domain_names)) != len(self.domain_names):
+            raise ValueError(f"domain_names has duplicates: {self.domain_names}")
+        self.domain_to_id = {n: i for i, n in enumerate(self.domain_names)} if self.domain_names is not None else None
 
     @classmethod
     def from_dataset(cls, processor, dataset, *, with_video_vocabulary: bool = True, **kwargs) -> FasCollator:
@@ -870,6 +880,13 @@ class FasCollator:
                 ],
                 dtype=torch.long,
             )
+        if self.domain_to_id is not None:
+            codes = []
+            for i, row in enumerate(rows):
+                if "domain" not in row:
+                    raise ValueError(f"row {i}: no 'domain' field, needed for domain_labels (keys {sorted(row)})")
+                codes.append(self._code(row["domain"], self.domain_to_id, "domain", i))
+            out["domain_labels"] = torch.tensor(codes, dtype=torch.long)
         return out
 
 

@@ -41,12 +41,15 @@ class ModelSpec:
         build: ``build(seed) -> PreTrainedModel``.
         image_size: the model's input size (the image processor resizes to it).
         training_overrides: ``TrainingArguments`` fields this model wants (e.g. its learning rate).
+        uses_domain_labels: the model takes ``domain_labels`` in training (MMDA's MD2A batch reorganisation):
+            the training collator then adds them; evaluation never does (the target domain is unknown).
     """
 
     name: str
     build: Callable[[int], Any]
     image_size: int
     training_overrides: dict = field(default_factory=dict)
+    uses_domain_labels: bool = False
 
 
 def _bigmoe_spec(name: str, *, config_path: str | None, from_clip: str | None, overrides: dict,
@@ -99,22 +102,40 @@ def _clip_pair_spec(name: str, *, model_type: str, config_path: str | None, from
         from transformers import CLIPConfig
 
         image_size = CLIPConfig.from_pretrained(from_clip).vision_config.image_size
+        domains = model_type == "mmda" and config_class(**overrides).use_domain_labels
 
         def build(seed: int):
             torch.manual_seed(seed)
             return model_class.from_clip(from_clip, **overrides)
 
-        return ModelSpec(name=name, build=build, image_size=image_size)
+        return ModelSpec(name=name, build=build, image_size=image_size, uses_domain_labels=domains)
+    # a nested clip_config override is merged into the base one (so the tiny text tower and its ids stay)
+    clip_override = overrides.pop("clip_config", None)
     if config_path:
         config = config_class(**{**config_class.from_pretrained(config_path).to_dict(), **overrides})
     else:
         config = tiny_config(**overrides)
+    if clip_override:
+        if not isinstance(clip_override, dict):
+            raise ValueError(f"clip_config override must be a dict, got {type(clip_override).__name__}")
+        merged = _deep_update(config.clip_config.to_dict(), clip_override)
+        config = config_class(**{**config.to_dict(), "clip_config": merged})
 
     def build(seed: int):
         torch.manual_seed(seed)
         return model_class(config)
 
-    return ModelSpec(name=name, build=build, image_size=config.vision_config.image_size)
+    return ModelSpec(name=name, build=build, image_size=config.vision_config.image_size,
+                     uses_domain_labels=model_type == "mmda" and bool(config.use_domain_labels))
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
 
 
 def model_spec(model_type: str, *, config_path: str | None = None, from_clip: str | None = None,
@@ -219,7 +240,8 @@ def run_protocol(
             base = FasCollator.from_dataset(processor, splits, with_video_vocabulary=False)
             attack_names = base.attack_type_names
             train_collator = FasCollator(processor, FasAugmentation(seed=0) if augment else None,
-                                         attack_type_names=attack_names)
+                                         attack_type_names=attack_names,
+                                         domain_names=fold.sources if spec.uses_domain_labels else None)
             test_collators = {name: FasCollator(processor, drop_modalities=drop, attack_type_names=attack_names)
                               for name, drop in test_settings}
             for seed in seeds:

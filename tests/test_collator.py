@@ -148,3 +148,21 @@ def test_bad_settings():
         FasCollator(processor, modalities=("depth",), drop_modalities=("depth",))
     with pytest.raises(ValueError, match="attack_type_names has duplicates"):
         FasCollator(processor, attack_type_names=["live", "print", "live"])
+
+
+def test_domain_labels_for_training_batches():
+    rows = [_row(1, "live", "W/a"), _row(0, "print", "W/b"), _row(0, "mask", "W/c")]
+    rows[1]["domain"] = "C"
+    processor = BigMoeImageProcessor(size=4)
+    out = FasCollator(processor, domain_names=["C", "W"])(rows)
+    assert out["domain_labels"].dtype == torch.long and out["domain_labels"].tolist() == [1, 0, 1]
+    assert "domain_labels" not in FasCollator(processor)(rows)  # only when asked: evaluation never gets them
+    with pytest.raises(ValueError, match=r"row 0: domain 'W' is not in the collator's vocabulary"):
+        FasCollator(processor, domain_names=["C", "P"])(rows)
+    del rows[2]["domain"]
+    with pytest.raises(ValueError, match=r"row 2: no 'domain' field"):
+        FasCollator(processor, domain_names=["C", "W"])(rows)
+    with pytest.raises(ValueError, match="domain_names has duplicates"):
+        FasCollator(processor, domain_names=["C", "C"])
+    with pytest.raises(ValueError, match="domain_names must be a list"):
+        FasCollator(processor, domain_names="CW")

@@ -1,4 +1,5 @@
 """Training through Trainer: honest threshold/model selection, results files, resume after a kill, errors."""
+import functools
 import json
 import os
 import subprocess
@@ -95,6 +96,39 @@ def test_protocol_run_end_to_end(bench, tmp_path):
     assert run["threshold_source_val"] == pytest.approx(expected, abs=1e-6)
     m = run["tests"]["all"]["frame"]
     assert 0.0 <= m["hter"] <= 1.0 and m["oracle_hter"] <= m["hter"] + 1e-9  # the oracle is never worse
+
+
+def test_mmda_gets_domain_labels_in_training_only(bench, tmp_path):
+    spec = model_spec("mmda", overrides={"clip_config": {"vision_config": {"image_size": 16, "patch_size": 8}}})
+    assert spec.uses_domain_labels and spec.image_size == 16
+    assert not model_spec("mmda", overrides={"use_domain_labels": False}).uses_domain_labels
+    assert not model_spec("bigmoe").uses_domain_labels and not model_spec("la_softmoe").uses_domain_labels
+    seen = []
+
+    def build(seed):
+        model = original_build(seed)
+        # the merged clip_config keeps the tiny text tower (and its template ids) and takes the new vision size
+        assert model.config.vision_config.image_size == 16 and model.config.clip_config.text_config.vocab_size > 10
+        forward = model.forward
+
+        @functools.wraps(forward)  # the Trainer reads the forward's signature
+        def spy(**kwargs):
+            domains = kwargs.get("domain_labels")
+            seen.append((model.training, None if domains is None else domains.tolist()))
+            return forward(**kwargs)
+
+        model.forward = spy
+        return model
+
+    original_build, spec.build = spec.build, build
+    run_protocol(bench, protocol="P1", models=[spec], output_dir=tmp_path, targets=["W"],
+                 training=dict(num_train_epochs=1, per_device_train_batch_size=16, per_device_eval_batch_size=64),
+                 progress=False)
+    train_calls = [d for training, d in seen if training]
+    eval_calls = [d for training, d in seen if not training]
+    assert train_calls and all(d is not None for d in train_calls)
+    assert {v for d in train_calls for v in d} == {0, 1}  # the sources C, S -> 0, 1
+    assert eval_calls and all(d is None for d in eval_calls)  # validation and the target test: no domain labels
 
 
 def test_protocol_bad_input(bench, tmp_path):
