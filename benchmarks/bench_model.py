@@ -1,7 +1,8 @@
 """Speed and memory of the whole BIG-MoE model against the bare CLIP tower on the same 589 tokens.
 
-    python benchmarks/bench_model.py                 # reference size (ViT-B/16, 224 px), 2 threads, ~5 min
-    python benchmarks/bench_model.py --quick         # smoke run at tiny size (seconds)
+    python benchmarks/bench_model.py                     # reference size (ViT-B/16, 224 px), 2 threads, ~6 min
+    python benchmarks/bench_model.py --only lasoftmoe    # only the La-SoftMoE line
+    python benchmarks/bench_model.py --quick             # smoke run at tiny size (seconds)
 
 Two models, both with random weights, built from :class:`BigMoeConfig`:
 
@@ -20,6 +21,12 @@ Measured, interleaved (``for rep: for case: time``), median of ``--repeats`` aft
   ``zero_grad``; backbone frozen except the last block (the config default);
 * bf16 inference of ``bigmoe`` at batch 4: the model cast with ``.to(torch.bfloat16)`` and bf16 inputs, and fp32
   weights under ``torch.autocast("cpu", dtype=torch.bfloat16)``; with the largest |logit| difference to fp32.
+
+The La-SoftMoE line (RGB only, 197 tokens): ``lasoftmoe`` = ``hub_configs_lasoftmoe.clip_vit_base_patch16_config()``
+(a Soft MoE of 4 experts x 49 slots beside the MLP of each of the 12 image blocks), ``la_clip`` = the same config
+with ``moe_layers=[]``, which wraps no layer: the same CLIP ViT-B/16 tower, projection and prompt logits, no Soft
+MoE. Both with random weights; eval forward (``inference_mode``) at batch 1 and 4, RGB only; the frozen text
+tower's prompt embeddings are cached by the model after the warm-up, so the timed calls are the image path.
 
 Both wall time and process CPU time (all threads) are reported; on a machine shared with other jobs the CPU time
 is the steadier of the two. Peak memory: each case runs once in a child process (``--child CASE``, same script)
@@ -44,6 +51,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_bigmoe import BigMoeConfig, BigMoeForFaceAntiSpoofing
+from modeling_bigmoe.configuration_lasoftmoe import LaSoftMoeConfig
+from modeling_bigmoe.hub_configs_lasoftmoe import clip_vit_base_patch16_config
+from modeling_bigmoe.hub_configs_lasoftmoe import tiny_config as lasoftmoe_tiny_config
+from modeling_bigmoe.modeling_lasoftmoe import LaSoftMoeForFaceAntiSpoofing
 
 MODALITY_ARGS = ("pixel_values", "depth_pixel_values", "ir_pixel_values")
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -59,25 +70,55 @@ CASES = (
     ("clip/train/b2", "clip", "train", 2),
     ("bigmoe/bf16/b4", "bigmoe", "bf16", 4),
     ("bigmoe/autocast/b4", "bigmoe", "autocast", 4),
+    ("lasoftmoe/eval/b1", "lasoftmoe", "eval", 1),
+    ("la_clip/eval/b1", "la_clip", "eval", 1),
+    ("lasoftmoe/eval/b4", "lasoftmoe", "eval", 4),
+    ("la_clip/eval/b4", "la_clip", "eval", 4),
 )
+# model -> the group ``--only`` selects, the modality inputs it gets, and (numerator, denominator) ratio pairs
+GROUPS = {"bigmoe": "bigmoe", "clip": "bigmoe", "lasoftmoe": "lasoftmoe", "la_clip": "lasoftmoe"}
+MODEL_INPUTS = {"bigmoe": MODALITY_ARGS, "clip": MODALITY_ARGS, "lasoftmoe": ("pixel_values",),
+                "la_clip": ("pixel_values",)}
+RATIO_PAIRS = (("bigmoe", "clip"), ("lasoftmoe", "la_clip"))
 
 
-def build_config(name: str, quick: bool) -> BigMoeConfig:
-    """``bigmoe`` = reference config, ``clip`` = the same with ``adapter_layers=[]``; tiny sizes with ``quick``."""
+def select_cases(only: str = "all") -> tuple:
+    """The cases of group ``only`` ("all", "bigmoe" or "lasoftmoe")."""
+    if only == "all":
+        return CASES
+    if only not in set(GROUPS.values()):
+        raise ValueError(f"select_cases: only must be 'all', 'bigmoe' or 'lasoftmoe', got {only!r}")
+    return tuple(c for c in CASES if GROUPS[c[1]] == only)
+
+
+def build_config(name: str, quick: bool) -> BigMoeConfig | LaSoftMoeConfig:
+    """``bigmoe`` = reference config, ``clip`` = the same with ``adapter_layers=[]``; ``lasoftmoe`` = the reference
+    La-SoftMoE CLIP ViT-B/16 config, ``la_clip`` = the same with ``moe_layers=[]``; tiny sizes with ``quick``."""
+    if name in ("lasoftmoe", "la_clip"):
+        kwargs = {"moe_layers": []} if name == "la_clip" else {}
+        return lasoftmoe_tiny_config(**kwargs) if quick else clip_vit_base_patch16_config(**kwargs)
     kwargs = dict(vision_config=dict(TINY_VISION), **TINY_MOE) if quick else {}
     if name == "clip":
         kwargs["adapter_layers"] = []
     elif name != "bigmoe":
-        raise ValueError(f"build_config: name must be 'bigmoe' or 'clip', got {name!r}")
+        raise ValueError(f"build_config: name must be 'bigmoe', 'clip', 'lasoftmoe' or 'la_clip', got {name!r}")
     return BigMoeConfig(**kwargs)
 
 
-def make_inputs(config: BigMoeConfig, batch: int, seed: int, dtype=torch.float32) -> dict:
-    """Three random (batch, 3, H, W) modalities."""
+def build_model(name: str, quick: bool):
+    """The model of ``name`` (see :func:`build_config`) with random weights."""
+    config = build_config(name, quick)
+    if isinstance(config, LaSoftMoeConfig):
+        return LaSoftMoeForFaceAntiSpoofing(config)
+    return BigMoeForFaceAntiSpoofing(config)
+
+
+def make_inputs(config, batch: int, seed: int, dtype=torch.float32, names=MODALITY_ARGS) -> dict:
+    """Random (batch, 3, H, W) modalities, one per name in ``names`` (default all three)."""
     vc = config.vision_config
     g = torch.Generator().manual_seed(seed)
     return {name: torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=g).to(dtype)
-            for name in MODALITY_ARGS}
+            for name in names}
 
 
 class Bench:
@@ -88,7 +129,7 @@ class Bench:
         self.cases = {c[0]: c for c in cases}
         torch.manual_seed(seed)
         names = sorted({c[1] for c in cases})
-        self.models = {name: BigMoeForFaceAntiSpoofing(build_config(name, quick)) for name in names}
+        self.models = {name: build_model(name, quick) for name in names}
         self.optimizers = {
             name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
             for name, model in self.models.items() if any(c[1] == name and c[2] == "train" for c in cases)}
@@ -99,12 +140,15 @@ class Bench:
         for case, name, kind, batch in cases:
             config = self.models[name].config
             dtype = torch.bfloat16 if kind == "bf16" else torch.float32
-            self.inputs[case] = make_inputs(config, batch, seed=batch, dtype=dtype)
+            self.inputs[case] = make_inputs(config, batch, seed=batch, dtype=dtype, names=MODEL_INPUTS[name])
             if kind == "train":
                 self.inputs[case]["labels"] = torch.arange(batch) % 2
 
     def logit_differences(self) -> dict:
-        """Largest |logit - fp32 logit| of the bf16 cast model and of autocast, on the batch-4 inputs."""
+        """Largest |logit - fp32 logit| of the bf16 cast model and of autocast, on the batch-4 inputs
+        (BIG-MoE; empty when it is not among the cases)."""
+        if "bigmoe" not in self.models:
+            return {}
         model = self.models["bigmoe"].eval()
         x = {k: v.float() for k, v in self.inputs.get("bigmoe/bf16/b4", self.inputs.get("bigmoe/eval/b4")).items()}
         with torch.inference_mode():
@@ -171,10 +215,10 @@ def child_main(case: str, quick: bool) -> dict:
     return {"case": case, "rss_built_mib": round(built, 1), "peak_mib": round(peak, 1)}
 
 
-def memory_in_children(quick: bool, threads: int) -> dict:
+def memory_in_children(quick: bool, threads: int, cases=CASES) -> dict:
     """Run every case once in its own child process; ``{case: child_main(...)}``."""
     result = {}
-    for case, *_ in CASES:
+    for case, *_ in cases:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--threads", str(threads)]
         cmd += ["--quick"] if quick else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -185,13 +229,15 @@ def memory_in_children(quick: bool, threads: int) -> dict:
 
 
 def summarize(times: dict) -> dict:
-    """Medians per case and the ratios BIG-MoE / bare CLIP (eval b1/b4, train b2) and fp32 / bf16 (speed-up)."""
+    """Medians per case and the ratios model / bare tower (BIG-MoE / CLIP: eval b1/b4, train b2; La-SoftMoE /
+    CLIP without Soft MoE: eval b1/b4) and fp32 / bf16 (speed-up)."""
     med = {case: {k: statistics.median(v) for k, v in t.items()} for case, t in times.items()}
     ratios = {}
-    for suffix in ("eval/b1", "eval/b4", "train/b2"):
-        a, b = med.get(f"bigmoe/{suffix}"), med.get(f"clip/{suffix}")
-        if a and b:
-            ratios[f"bigmoe/clip {suffix}"] = {k: a[k] / b[k] for k in ("wall", "cpu")}
+    for model, bare in RATIO_PAIRS:
+        for suffix in ("eval/b1", "eval/b4", "train/b2"):
+            a, b = med.get(f"{model}/{suffix}"), med.get(f"{bare}/{suffix}")
+            if a and b:
+                ratios[f"{model}/{bare} {suffix}"] = {k: a[k] / b[k] for k in ("wall", "cpu")}
     for kind in ("bf16", "autocast"):
         a, b = med.get("bigmoe/eval/b4"), med.get(f"bigmoe/{kind}/b4")
         if a and b:
@@ -224,6 +270,8 @@ def main(argv=None) -> dict:
     """Parse arguments, run the benchmark (or one ``--child`` case), print and return the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 warm-up, 2 repeats, no children")
+    parser.add_argument("--only", default="all", choices=("all", "bigmoe", "lasoftmoe"),
+                        help="run only the BIG-MoE or only the La-SoftMoE cases (default all)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 7; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2; quick 1)")
     parser.add_argument("--threads", type=int, default=2)
@@ -245,11 +293,12 @@ def main(argv=None) -> dict:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
               "repeats": repeats, "warmup": warmup, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
-              "load_before": load_average()}
+              "only": args.only, "load_before": load_average()}
+    cases = select_cases(args.only)
     memory = None
     if args.memory or not (args.no_memory or args.quick):
-        memory = memory_in_children(args.quick, args.threads)
-    bench = Bench(args.quick)
+        memory = memory_in_children(args.quick, args.threads, cases)
+    bench = Bench(args.quick, cases=cases)
     diffs = bench.logit_differences()
     times = measure(bench, repeats, warmup)
     header["load_after"] = load_average()
