@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CLIP_BPE_DIR := $(VENV)/share/clip-bpe
 
 .PHONY: demo test venv clean bench browser-deps
 
@@ -13,6 +14,9 @@ $(STAMP): pyproject.toml
 	# torch first: on these machines torch==2.13.0 is a CPU build on local disk; elsewhere any torch>=2.4 works.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q "torch>=2.4"
 	$(PY) -m pip install -q -e ".[dev,demo,browser-test]"
+	# CLIP's real BPE merge list (inside the open_clip_torch wheel, not installed): the tests rebuild CLIP's
+	# tokenizer from it and check the token ids stored in the MMDA and La-SoftMoE configs.
+	$(PY) -m pip download -q --no-deps "open_clip_torch==3.3.0" -d $(CLIP_BPE_DIR)
 	touch $(STAMP)
 
 # The browser test of the demo app drives Debian's headless Chromium through chromedriver. Installed with apt when
@@ -36,7 +40,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser-deps
 	BIGMOE_REQUIRE_BROWSER=$$(command -v chromium >/dev/null && command -v chromedriver >/dev/null && echo 1 || echo 0) \
-	  OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	  CLIP_BPE_SOURCE=$$(ls $(CLIP_BPE_DIR)/open_clip_torch-*.whl) OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
