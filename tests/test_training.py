@@ -205,3 +205,22 @@ def test_killed_run_resumes_to_the_same_final_step(bench, tmp_path):
     expected = 3 * -(-n_train // 16)
     assert f"FINAL_STEP {expected}" in second.stdout.splitlines()
     assert "resuming" in second.stderr and "checkpoint-2" in second.stderr
+
+
+def test_demo_model_specs():
+    from modeling_bigmoe.cli import DEMO_MODELS, DEMO_TRAINING_OVERRIDES, demo_model_spec
+
+    assert DEMO_MODELS == ("bigmoe", "baseline", "mmda", "la_softmoe")
+    specs = {name: demo_model_spec(name) for name in DEMO_MODELS}
+    assert specs["bigmoe"].image_size == specs["baseline"].image_size == 64
+    assert specs["mmda"].uses_domain_labels and not specs["la_softmoe"].uses_domain_labels
+    la = specs["la_softmoe"].build(0)
+    assert la.config.input_mode == "multimodal" and la.config.train_vision_tower
+    assert all(p.requires_grad for p in la.clip.vision_model.parameters())
+    baseline = specs["baseline"].build(0)
+    assert baseline.config.adapter_layers == [] and baseline.config.vision_config.hidden_size == 64
+    for name in DEMO_MODELS:
+        assert specs[name].training_overrides == DEMO_TRAINING_OVERRIDES.get(name, {})
+        assert "num_train_epochs" not in demo_model_spec(name, epochs=1).training_overrides  # --epochs wins
+    with pytest.raises(ValueError, match="demo model 'resnet' is not one of bigmoe, baseline, mmda, la_softmoe"):
+        demo_model_spec("resnet")
