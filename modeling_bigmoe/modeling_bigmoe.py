@@ -41,7 +41,6 @@ from .adapters import (
     inject_bigmoe_adapters,
     mark_bigmoe_trainable,
     plan_bigmoe_adapters,
-    trainable_parameter_summary,
 )
 from .clip_utils import (
     clip_attention_implementation,
@@ -52,6 +51,15 @@ from .clip_utils import (
 from .configuration_bigmoe import BigMoeConfig
 from .layers_cdc import BigMoeECA, BigMoePromptGenerator, CentralDifferenceConv2d, map_to_tokens
 from .layers_peer import BigMoeIsolatedGateAdapter, BigMoePEER, BigMoeRMSNorm
+from .modeling_common import (
+    MODALITY_ARGS,
+    MODALITY_NAMES,
+    FaceAntiSpoofingPreTrainedMixin,
+    check_modality_inputs,
+    merge_modality_mask,
+    modality_presence,
+    stack_modalities,
+)
 
 __all__ = [
     "PUBLIC_MODALITIES",
@@ -67,11 +75,11 @@ __all__ = [
     "register_bigmoe_for_remote_code",
 ]
 
-PUBLIC_MODALITIES = ("rgb", "depth", "ir")
+PUBLIC_MODALITIES = MODALITY_NAMES  # ("rgb", "depth", "ir")
 INTERNAL_MODALITIES = ("rgb", "ir", "depth")
 # internal modality j is public column PUBLIC_TO_INTERNAL[j]
 PUBLIC_TO_INTERNAL = tuple(PUBLIC_MODALITIES.index(name) for name in INTERNAL_MODALITIES)
-_ARG_NAMES = {"rgb": "pixel_values", "depth": "depth_pixel_values", "ir": "ir_pixel_values"}
+_ARG_NAMES = dict(zip(MODALITY_NAMES, MODALITY_ARGS))
 
 
 @dataclass
@@ -147,8 +155,13 @@ def _pytorch_default_init(module: nn.Module) -> None:
         init.uniform_(module.bias, -bound, bound)
 
 
-class BigMoePreTrainedModel(PreTrainedModel):
-    """Base class: config class, weight initialisation, ``from_clip``, trainable summary."""
+class BigMoePreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
+    """Base class: config class, weight initialisation, ``from_clip``, trainable summary.
+
+    ``from_pretrained`` (shared with the package's other models, see
+    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`) reads safetensors only unless called with
+    ``use_safetensors=False``, and re-applies the config-driven freezing.
+    """
 
     config_class = BigMoeConfig
     config: BigMoeConfig
@@ -160,32 +173,10 @@ class BigMoePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
-    @torch.no_grad()
-    def initialize_weights(self):
-        """Like ``PreTrainedModel.initialize_weights``, but every BIG-MoE module, including the adapters injected
-        into the CLIP tower, is initialised by *our* ``_init_weights`` (the tower's own would draw the expert
-        tables with std 0.02), and modules without direct parameters (IGMA, ECA, the head model) are not skipped.
-        Tensors already loaded from a checkpoint are left alone (the ``transformers.initialization`` helpers)."""
-
-        def own(module: nn.Module, is_custom_code: bool = False) -> None:
-            if getattr(module, "_is_hf_initialized", False):
-                return
-            self._init_weights(module)
-            module._is_hf_initialized = True
-
-        is_custom = bool(getattr(self, "is_custom_code", lambda: False)())
-
-        def visit(module: nn.Module, fn) -> None:
-            for child in module.children():
-                if isinstance(child, BIGMOE_ADAPTER_TYPES) or isinstance(child, BigMoePreTrainedModel):
-                    visit(child, own)
-                elif isinstance(child, PreTrainedModel):
-                    visit(child, child._initialize_weights)
-                else:
-                    visit(child, fn)
-            fn(module, is_custom)
-
-        visit(self, own)
+    def _is_own_init_module(self, module: nn.Module) -> bool:
+        """Every BIG-MoE module, including the adapters injected into the CLIP tower, gets *our* ``_init_weights``
+        (the tower's own would draw the expert tables with std 0.02); see ``initialize_weights``."""
+        return isinstance(module, (*BIGMOE_ADAPTER_TYPES, BigMoePreTrainedModel))
 
     def _bigmoe_vision_tower(self) -> nn.Module:
         base = getattr(self, self.base_model_prefix, self)
@@ -263,10 +254,6 @@ class BigMoePreTrainedModel(PreTrainedModel):
         head. CLIP's patch convolution, pre-LN and its own class/position embeddings stay frozen."""
         mark_bigmoe_trainable(self, self._trainable_extras())
 
-    def print_trainable_parameters(self) -> None:
-        """Print ``trainable params: ... || all params: ... || trainable%: ...`` (PEFT's format)."""
-        print(trainable_parameter_summary(self)[2])
-
     def bigmoe_adapter_modules(self) -> dict[str, nn.Module]:
         """What the adapter-only files hold, keyed independently of CLIP's module paths."""
         base = getattr(self, self.base_model_prefix, self)
@@ -289,14 +276,6 @@ class BigMoePreTrainedModel(PreTrainedModel):
         if head is not None:
             parts["classifier"] = head
         return parts
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, then the config-driven freezing (loading resets ``requires_grad``)."""
-        result = super().from_pretrained(*args, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        model.mark_trainable()
-        return result
 
     # ------------------------------------------------------------------ CLIP weights
     @classmethod
@@ -363,43 +342,6 @@ class BigMoeModel(BigMoePreTrainedModel):
         self.mark_trainable()
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(self, given: dict[str, torch.Tensor | None], modality_mask):
-        vc = self.config.vision_config
-        expected = (vc.num_channels, vc.image_size, vc.image_size)
-        shapes = {arg: (None if t is None else tuple(t.shape)) for arg, t in given.items()}
-        present_args = [arg for arg, t in given.items() if t is not None]
-        if not present_args:
-            raise ValueError("BigMoeModel: all modalities are missing (pixel_values, depth_pixel_values and "
-                             "ir_pixel_values are all None)")
-        for arg in present_args:
-            tensor = given[arg]
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise ValueError(f"BigMoeModel: {arg} must be a float tensor, got {type(tensor).__name__} "
-                                 f"{getattr(tensor, 'dtype', '')}")
-            if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected:
-                raise ValueError(f"BigMoeModel: {arg} must have shape (batch, {expected[0]}, {expected[1]}, "
-                                 f"{expected[2]}), got {tuple(tensor.shape)}")
-        batch_sizes = {given[arg].shape[0] for arg in present_args}
-        if len(batch_sizes) != 1:
-            raise ValueError(f"BigMoeModel: batch sizes differ between modalities: {shapes}")
-        b = batch_sizes.pop()
-        for arg in present_args:
-            # a finite sum implies finite elements (NaN/inf propagate); only an overflowing sum needs the full check
-            if bool(torch.isfinite(given[arg].sum())):
-                continue
-            finite = torch.isfinite(given[arg])
-            if not bool(finite.all()):
-                raise ValueError(f"BigMoeModel: {arg} (shape {tuple(given[arg].shape)}) holds "
-                                 f"{int((~finite).sum())} NaN/inf values")
-        if modality_mask is not None:
-            if not isinstance(modality_mask, torch.Tensor) or tuple(modality_mask.shape) != (b, 3):
-                raise ValueError(f"BigMoeModel: modality_mask must have shape ({b}, 3) (columns rgb, depth, ir), "
-                                 f"got {tuple(getattr(modality_mask, 'shape', ()))}; inputs {shapes}")
-            values = modality_mask.detach()
-            if not bool(((values == 0) | (values == 1)).all()):
-                raise ValueError("BigMoeModel: modality_mask must hold only 0/1 (or bools)")
-        return b
-
     def _modality_dropout_draw(self, shape: tuple[int, int]) -> torch.Tensor:
         if self.config.modality_dropout_seed is not None:
             if self._dropout_generator is None:
@@ -413,23 +355,16 @@ class BigMoeModel(BigMoePreTrainedModel):
 
         Returns ``images`` (m, b, c, H, W) in the internal order RGB, IR, Depth and ``modality_code`` (b,) long.
         """
-        given = {"pixel_values": pixel_values, "depth_pixel_values": depth_pixel_values,
-                 "ir_pixel_values": ir_pixel_values}
-        b = self._check_inputs(given, modality_mask)
+        given = dict(zip(MODALITY_ARGS, (pixel_values, depth_pixel_values, ir_pixel_values)))
+        owner = type(self).__name__
+        vc = self.config.vision_config
+        b = check_modality_inputs(owner, given, (vc.num_channels, vc.image_size, vc.image_size), modality_mask)
         reference = next(t for t in given.values() if t is not None)
-        device, dtype = reference.device, reference.dtype
         tensors = [given[_ARG_NAMES[name]] for name in INTERNAL_MODALITIES]
-        present = torch.stack([torch.full((b,), t is not None, dtype=torch.bool) for t in tensors], dim=1)
+        present = modality_presence(tensors, b)
         if modality_mask is not None:
-            mask = modality_mask.detach().to("cpu").bool()[:, list(PUBLIC_TO_INTERNAL)]
-            claimed = mask & ~present
-            if bool(claimed.any()):
-                cols = [INTERNAL_MODALITIES[j] for j in range(3) if bool(claimed[:, j].any())]
-                raise ValueError(f"BigMoeModel: modality_mask marks {cols} present but the tensors are None")
-            present = mask
-            empty = (~present.any(dim=1)).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(f"BigMoeModel: modality_mask marks all modalities missing for samples {empty}")
+            present = merge_modality_mask(owner, present, modality_mask[:, list(PUBLIC_TO_INTERNAL)],
+                                          INTERNAL_MODALITIES)
         cfg = self.config
         if self.training and cfg.modality_dropout > 0:
             keep = self._modality_dropout_draw((b, 3)) >= cfg.modality_dropout
@@ -443,13 +378,9 @@ class BigMoeModel(BigMoePreTrainedModel):
                     restored[torch.arange(pick.numel()), pick] = True
                     dropped[rows] = restored
             present = dropped
-        present = present.to(device)
-        fill = torch.tensor(cfg.modality_dropout_fill, device=device, dtype=dtype)
-        shape = (b,) + tuple(reference.shape[1:])
-        images = torch.stack([
-            torch.where(present[:, j, None, None, None], t, fill) if t is not None else fill.expand(shape)
-            for j, t in enumerate(tensors)])
-        bits = torch.tensor([1 << j for j in range(3)], device=device)
+        images = stack_modalities(tensors, present, cfg.modality_dropout_fill, reference)
+        present = present.to(reference.device)
+        bits = torch.tensor([1 << j for j in range(3)], device=reference.device)
         code = ((~present).long() * bits).sum(dim=1)
         return images, code
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
@@ -49,6 +49,20 @@ from .clip_utils import (
 )
 from .configuration_lasoftmoe import LaSoftMoeConfig
 from .layers_softmoe import LaSoftMoeExperts, LaSoftMoeFeatureMap, LaSoftMoeLayer
+from .modeling_common import (
+    MODALITY_ARGS,
+    MODALITY_NAMES,
+    FaceAntiSpoofingPreTrainedMixin,
+    check_binary_labels,
+    check_modality_inputs,
+    copy_clip_state_dict,
+    from_full_clip,
+    frozen_text_cache_key,
+    merge_modality_mask,
+    modality_presence,
+    pad_token_ids,
+    stack_modalities,
+)
 
 __all__ = [
     "LASOFTMOE_MODALITIES",
@@ -62,8 +76,7 @@ __all__ = [
 ]
 
 # order of the modality axis everywhere (token stream, modality_mask columns): RGB, Depth, IR
-LASOFTMOE_MODALITIES = ("rgb", "depth", "ir")
-_ARG_NAMES = ("pixel_values", "depth_pixel_values", "ir_pixel_values")
+LASOFTMOE_MODALITIES = MODALITY_NAMES  # ("rgb", "depth", "ir")
 
 
 @dataclass
@@ -178,8 +191,13 @@ class LaSoftMoeMultimodalEmbeddings(nn.Module):
 _LASOFTMOE_TYPES = (LaSoftMoeLayer, LaSoftMoeExperts, LaSoftMoeFeatureMap, LaSoftMoeMultimodalEmbeddings)
 
 
-class LaSoftMoePreTrainedModel(PreTrainedModel):
-    """Base class: config class, weight initialisation, freezing, ``from_clip``."""
+class LaSoftMoePreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
+    """Base class: config class, weight initialisation, freezing, ``from_clip``.
+
+    ``from_pretrained`` (shared with the package's other models, see
+    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`) reads safetensors only unless called with
+    ``use_safetensors=False``, and re-applies the config-driven freezing.
+    """
 
     config_class = LaSoftMoeConfig
     config: LaSoftMoeConfig
@@ -191,31 +209,10 @@ class LaSoftMoePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
-    @torch.no_grad()
-    def initialize_weights(self):
-        """Like ``PreTrainedModel.initialize_weights``, but the Soft MoE layers injected into the CLIP image tower and
-        the modality embedding get *our* ``_init_weights`` (CLIP's would leave their raw parameters unset), while
-        CLIP's own modules keep CLIP's init. Tensors already loaded from a checkpoint are left alone."""
-
-        def own(module: nn.Module, is_custom_code: bool = False) -> None:
-            if getattr(module, "_is_hf_initialized", False):
-                return
-            self._init_weights(module)
-            module._is_hf_initialized = True
-
-        is_custom = bool(getattr(self, "is_custom_code", lambda: False)())
-
-        def visit(module: nn.Module, fn) -> None:
-            for child in module.children():
-                if isinstance(child, (*_LASOFTMOE_TYPES, LaSoftMoePreTrainedModel)):
-                    visit(child, own)
-                elif isinstance(child, PreTrainedModel):
-                    visit(child, child._initialize_weights)
-                else:
-                    visit(child, fn)
-            fn(module, is_custom)
-
-        visit(self, own)
+    def _is_own_init_module(self, module: nn.Module) -> bool:
+        """The Soft MoE layers injected into the CLIP image tower and the modality embedding get *our*
+        ``_init_weights`` (CLIP's would leave their raw parameters unset); CLIP's own modules keep CLIP's init."""
+        return isinstance(module, (*_LASOFTMOE_TYPES, LaSoftMoePreTrainedModel))
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -259,25 +256,6 @@ class LaSoftMoePreTrainedModel(PreTrainedModel):
             clip.vision_model.requires_grad_(True)
             clip.visual_projection.requires_grad_(True)
 
-    def trainable_parameter_summary(self) -> tuple[int, int, str]:
-        """``(trainable, total, text)`` with PEFT's ``print_trainable_parameters`` format."""
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        pct = 100.0 * trainable / total if total else 0.0
-        return trainable, total, f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}"
-
-    def print_trainable_parameters(self) -> None:
-        """Print ``trainable params: ... || all params: ... || trainable%: ...``."""
-        print(self.trainable_parameter_summary()[2])
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, then the config-driven freezing (loading resets ``requires_grad``)."""
-        result = super().from_pretrained(*args, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        model.mark_trainable()
-        return result
-
     # ------------------------------------------------------------------ CLIP weights
     @classmethod
     def from_clip(cls, name_or_path: str | os.PathLike = "openai/clip-vit-base-patch16", *, tokenizer=None,
@@ -290,23 +268,7 @@ class LaSoftMoePreTrainedModel(PreTrainedModel):
             tokenizer: a tokenizer to use instead of ``CLIPTokenizer.from_pretrained(name_or_path)``.
             config_overrides: :class:`LaSoftMoeConfig` fields (``clip_config`` comes from the checkpoint).
         """
-        name_or_path = os.fspath(name_or_path)
-        if "clip_config" in config_overrides:
-            raise ValueError("from_clip: clip_config comes from the CLIP checkpoint; do not pass it")
-        clip_config = CLIPConfig.from_pretrained(name_or_path)
-        if tokenizer is None:
-            tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
-        config = LaSoftMoeConfig(clip_config=clip_config.to_dict(), base_model_name_or_path=name_or_path,
-                                 **config_overrides)
-        config.tokenize_prompts(tokenizer)
-        model = cls(config)
-        source, info = CLIPModel.from_pretrained(name_or_path, use_safetensors=True, output_loading_info=True)
-        if info["missing_keys"] or info["mismatched_keys"]:
-            raise ValueError(f"from_clip: {name_or_path} is not a full CLIP (image + text) checkpoint: missing "
-                             f"{sorted(info['missing_keys'])[:8]}, mismatched {list(info['mismatched_keys'])[:8]}")
-        model.load_clip_state_dict(source.state_dict())
-        model.mark_trainable()
-        return model
+        return from_full_clip(cls, name_or_path, tokenizer, config_overrides, "tokenize_prompts")
 
     @torch.no_grad()
     def load_clip_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -315,24 +277,15 @@ class LaSoftMoePreTrainedModel(PreTrainedModel):
         Raises ``ValueError`` naming the keys when a CLIP tensor has no place (or another shape) or one of our CLIP
         tensors stays unset.
         """
-        ours = self.clip.state_dict()
-        filled, unplaced = set(), []
-        for key, value in state_dict.items():
-            target = key
-            if target not in ours:
-                parts = key.split(".")
-                if "layers" in parts:
-                    at = parts.index("layers") + 2
-                    target = ".".join(parts[:at] + ["base_layer"] + parts[at:])
-            if target not in ours or ours[target].shape != value.shape:
-                unplaced.append(f"{key} {tuple(value.shape)}")
-                continue
-            ours[target].copy_(value)
-            filled.add(target)
-        unset = sorted(k for k in ours if k not in filled and ".moe_adapter." not in k and not k.endswith("position_ids"))
-        if unplaced or unset:
-            raise ValueError(f"load_clip_state_dict: CLIP keys without a place {unplaced[:8]}, "
-                             f"our CLIP keys left unset {unset[:8]}")
+
+        def wrapped_layer(key: str) -> str:
+            parts = key.split(".")
+            if "layers" not in parts:
+                return key
+            at = parts.index("layers") + 2
+            return ".".join(parts[:at] + ["base_layer"] + parts[at:])
+
+        copy_clip_state_dict(self.clip, state_dict, wrapped_layer, ".moe_adapter.")
         self._text_cache = None
 
 
@@ -372,64 +325,21 @@ class LaSoftMoeForFaceAntiSpoofing(LaSoftMoePreTrainedModel):
 
         Returns ``images`` (m, b, c, H, W) (m = 1: RGB; m = 3: RGB, Depth, IR) and ``present`` (b, m) bool.
         """
-        given = dict(zip(_ARG_NAMES, (pixel_values, depth_pixel_values, ir_pixel_values)))
-        name = type(self).__name__
+        given = dict(zip(MODALITY_ARGS, (pixel_values, depth_pixel_values, ir_pixel_values)))
+        owner = type(self).__name__
         cfg = self.config
         vc = cfg.vision_config
-        expected = (vc.num_channels, vc.image_size, vc.image_size)
-        shapes = {arg: (None if t is None else tuple(t.shape)) for arg, t in given.items()}
-        present_args = [arg for arg, t in given.items() if t is not None]
-        if not present_args:
-            raise ValueError(f"{name}: all modalities are missing (pixel_values, depth_pixel_values and "
-                             "ir_pixel_values are all None)")
-        if cfg.input_mode == "rgb" and pixel_values is None:
-            raise ValueError(f"{name}: input_mode='rgb' needs pixel_values (RGB); got {shapes}")
-        for arg in present_args:
-            tensor = given[arg]
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise ValueError(f"{name}: {arg} must be a float tensor, got {type(tensor).__name__} "
-                                 f"{getattr(tensor, 'dtype', '')}")
-            if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected:
-                raise ValueError(f"{name}: {arg} must have shape (batch, {expected[0]}, {expected[1]}, "
-                                 f"{expected[2]}), got {tuple(tensor.shape)}")
-        batch_sizes = {given[arg].shape[0] for arg in present_args}
-        if len(batch_sizes) != 1:
-            raise ValueError(f"{name}: batch sizes differ between modalities: {shapes}")
-        b = batch_sizes.pop()
-        used = _ARG_NAMES if cfg.input_mode == "multimodal" else _ARG_NAMES[:1]
-        for arg in present_args:
-            if arg not in used:
-                continue
-            finite = torch.isfinite(given[arg])
-            if not bool(finite.all()):
-                raise ValueError(f"{name}: {arg} (shape {tuple(given[arg].shape)}) holds "
-                                 f"{int((~finite).sum())} NaN/inf values")
-        present = torch.tensor([[given[arg] is not None for arg in _ARG_NAMES]] * b, dtype=torch.bool).view(b, 3)
+        used = MODALITY_ARGS if cfg.input_mode == "multimodal" else MODALITY_ARGS[:1]
+        required = ("pixel_values", "input_mode='rgb' needs pixel_values (RGB)") if cfg.input_mode == "rgb" else None
+        b = check_modality_inputs(owner, given, (vc.num_channels, vc.image_size, vc.image_size), modality_mask,
+                                  required=required, finite_args=used)
+        present = modality_presence(list(given.values()), b)
         if modality_mask is not None:
-            if not isinstance(modality_mask, torch.Tensor) or tuple(modality_mask.shape) != (b, 3):
-                raise ValueError(f"{name}: modality_mask must have shape ({b}, 3) (columns rgb, depth, ir), "
-                                 f"got {tuple(getattr(modality_mask, 'shape', ()))}; inputs {shapes}")
-            values = modality_mask.detach().to("cpu")
-            if not bool(((values == 0) | (values == 1)).all()):
-                raise ValueError(f"{name}: modality_mask must hold only 0/1 (or bools), got {values.tolist()}")
-            mask = values.bool()
-            claimed = mask & ~present
-            if bool(claimed.any()):
-                cols = [LASOFTMOE_MODALITIES[j] for j in range(3) if bool(claimed[:, j].any())]
-                raise ValueError(f"{name}: modality_mask marks {cols} present but the tensors are None")
-            empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(f"{name}: modality_mask marks all modalities missing for samples {empty}")
-            present = mask
+            present = merge_modality_mask(owner, present, modality_mask, LASOFTMOE_MODALITIES)
         present = present[:, :len(used)]
-        reference = given[present_args[0]]
-        present = present.to(reference.device)
-        fill = torch.tensor(cfg.missing_modality_fill, device=reference.device, dtype=reference.dtype)
-        images = torch.stack([
-            torch.where(present[:, j, None, None, None], given[arg], fill) if given[arg] is not None
-            else fill.expand_as(reference)
-            for j, arg in enumerate(used)])
-        return images, present
+        reference = next(t for t in given.values() if t is not None)
+        images = stack_modalities([given[arg] for arg in used], present, cfg.missing_modality_fill, reference)
+        return images, present.to(reference.device)
 
     # ------------------------------------------------------------------ text side
     def _prompt_ids(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -442,15 +352,8 @@ class LaSoftMoeForFaceAntiSpoofing(LaSoftMoePreTrainedModel):
         key = (str(device), tuple(tuple(tuple(seq) for seq in row) for row in cfg.prompt_input_ids))
         if self._ids_cache is not None and self._ids_cache[0] == key:
             return self._ids_cache[1]
-        eos = cfg.clip_config.text_config.eos_token_id
-        pad = eos if isinstance(eos, int) else 0  # CLIP pools at the first end token (or the largest id): safe
-        seqs = [seq for row in cfg.prompt_input_ids for seq in row]
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, :len(s)] = 1
+        ids, mask = pad_token_ids([seq for row in cfg.prompt_input_ids for seq in row],
+                                  cfg.clip_config.text_config.eos_token_id)
         out = (ids.to(device), mask.to(device))
         self._ids_cache = (key, out)
         return out
@@ -467,8 +370,7 @@ class LaSoftMoeForFaceAntiSpoofing(LaSoftMoePreTrainedModel):
         ids, mask = self._prompt_ids(device)
         if any(p.requires_grad for p in params):
             return text_model(input_ids=ids, attention_mask=mask).pooler_output
-        key = (str(device), text_model.training, torch.is_inference_mode_enabled(), self._ids_cache[0],
-               tuple((id(p), p._version, p.dtype) for p in params))
+        key = frozen_text_cache_key(device, text_model, self._ids_cache[0], params)
         if self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]
         with torch.no_grad():
@@ -536,18 +438,12 @@ class LaSoftMoeForFaceAntiSpoofing(LaSoftMoePreTrainedModel):
     ) -> LaSoftMoeFaceAntiSpoofingOutput | tuple:
         """See the class docstring; returns :class:`LaSoftMoeFaceAntiSpoofingOutput` (loss only with ``labels``)."""
         cfg = self.config
-        name = type(self).__name__
         return_dict = cfg.return_dict if return_dict is None else return_dict
         images, _ = self.prepare_modalities(pixel_values=pixel_values, depth_pixel_values=depth_pixel_values,
                                             ir_pixel_values=ir_pixel_values, modality_mask=modality_mask)
         b = images.shape[1]
         if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != (b,) or labels.is_floating_point():
-                raise ValueError(f"{name}: labels must be an integer tensor of shape ({b},), got "
-                                 f"{getattr(labels, 'dtype', type(labels).__name__)} "
-                                 f"{tuple(getattr(labels, 'shape', ()))}")
-            if b and (int(labels.min()) < 0 or int(labels.max()) > 1):
-                raise ValueError(f"{name}: labels must be 0 (spoof) or 1 (live), got {labels.tolist()}")
+            check_binary_labels(type(self).__name__, labels, b)
         text_embeds = self.class_text_embeds()
         image_embeds, hidden, attn = self.image_features(images, output_hidden_states=bool(output_hidden_states),
                                                          output_attentions=bool(output_attentions))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, is_peft_available
 
@@ -45,6 +45,20 @@ from .layers_mmda import (
     rs2_alignment_logits_all_levels,
 )
 from .layers_stmoe import MmdaSTMoE
+from .modeling_common import (
+    MODALITY_ARGS,
+    MODALITY_NAMES,
+    FaceAntiSpoofingPreTrainedMixin,
+    check_binary_labels,
+    check_modality_inputs,
+    copy_clip_state_dict,
+    from_full_clip,
+    frozen_text_cache_key,
+    merge_modality_mask,
+    modality_presence,
+    pad_token_ids,
+    stack_modalities,
+)
 
 __all__ = [
     "MMDA_MODALITIES",
@@ -55,8 +69,7 @@ __all__ = [
 ]
 
 # order of the modality axis everywhere (X rows, modality_mask columns): RGB, Depth, IR
-MMDA_MODALITIES = ("rgb", "depth", "ir")
-_ARG_NAMES = ("pixel_values", "depth_pixel_values", "ir_pixel_values")
+MMDA_MODALITIES = MODALITY_NAMES  # ("rgb", "depth", "ir")
 
 
 @dataclass
@@ -97,11 +110,13 @@ def _is_lora_layer(module: nn.Module) -> bool:
             and isinstance(getattr(module, "lora_B", None), nn.ModuleDict))
 
 
-_MMDA_TYPES = (MmdaFusionBlock, MmdaUDSA, MmdaClassifier)
+class MmdaPreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
+    """Base class: config class, weight initialisation, freezing, ``from_clip``.
 
-
-class MmdaPreTrainedModel(PreTrainedModel):
-    """Base class: config class, weight initialisation, freezing, ``from_clip``."""
+    ``from_pretrained`` (shared with the package's other models, see
+    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`) reads safetensors only unless called with
+    ``use_safetensors=False``, and re-applies the config-driven freezing.
+    """
 
     config_class = MmdaConfig
     config: MmdaConfig
@@ -114,33 +129,10 @@ class MmdaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
-    @torch.no_grad()
-    def initialize_weights(self):
-        """Like ``PreTrainedModel.initialize_weights``: CLIP's modules get CLIP's own init, every MMDA module and
-        every LoRA layer injected into the image tower gets ours (CLIP's would draw LoRA's B with std 0.02 instead
-        of zeros). Tensors already loaded from a checkpoint are left alone (``transformers.initialization``)."""
-
-        def own(module: nn.Module, is_custom_code: bool = False) -> None:
-            if getattr(module, "_is_hf_initialized", False):
-                return
-            self._init_weights(module)
-            module._is_hf_initialized = True
-
-        is_custom = bool(getattr(self, "is_custom_code", lambda: False)())
-
-        def visit(module: nn.Module, fn) -> None:
-            for child in module.children():
-                if _is_lora_layer(child):
-                    own(child)  # its base layer keeps the surrounding (CLIP) init
-                    visit(child.base_layer, fn)
-                    fn(child.base_layer, is_custom)
-                elif isinstance(child, PreTrainedModel):
-                    visit(child, child._initialize_weights)
-                else:
-                    visit(child, fn)
-            fn(module, is_custom)
-
-        visit(self, own)
+    def _wrapped_base_layer(self, module: nn.Module) -> nn.Module | None:
+        """A LoRA layer injected into the image tower gets our init (CLIP's would draw LoRA's B with std 0.02
+        instead of zeros); its base layer keeps CLIP's. CLIP's modules get CLIP's init, MMDA's modules ours."""
+        return module.base_layer if _is_lora_layer(module) else None
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -192,25 +184,6 @@ class MmdaPreTrainedModel(PreTrainedModel):
                 p.requires_grad_(False)
         clip.logit_scale.requires_grad_(not cfg.freeze_logit_scale)
 
-    def trainable_parameter_summary(self) -> tuple[int, int, str]:
-        """``(trainable, total, text)`` with PEFT's ``print_trainable_parameters`` format."""
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        pct = 100.0 * trainable / total if total else 0.0
-        return trainable, total, f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}"
-
-    def print_trainable_parameters(self) -> None:
-        """Print ``trainable params: ... || all params: ... || trainable%: ...``."""
-        print(self.trainable_parameter_summary()[2])
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, then the config-driven freezing (loading resets ``requires_grad``)."""
-        result = super().from_pretrained(*args, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        model.mark_trainable()
-        return result
-
     # ------------------------------------------------------------------ CLIP weights
     @classmethod
     def from_clip(cls, name_or_path: str | os.PathLike = "openai/clip-vit-base-patch16", *, tokenizer=None,
@@ -223,23 +196,7 @@ class MmdaPreTrainedModel(PreTrainedModel):
             tokenizer: a tokenizer to use instead of loading ``CLIPTokenizer`` from ``name_or_path``.
             config_overrides: :class:`MmdaConfig` fields (``clip_config`` comes from the checkpoint).
         """
-        name_or_path = os.fspath(name_or_path)
-        if "clip_config" in config_overrides:
-            raise ValueError("from_clip: clip_config comes from the CLIP checkpoint; do not pass it")
-        clip_config = CLIPConfig.from_pretrained(name_or_path)
-        if tokenizer is None:
-            tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
-        config = MmdaConfig(clip_config=clip_config.to_dict(), base_model_name_or_path=name_or_path,
-                            **config_overrides)
-        config.tokenize_templates(tokenizer)
-        model = cls(config)
-        source, info = CLIPModel.from_pretrained(name_or_path, use_safetensors=True, output_loading_info=True)
-        if info["missing_keys"] or info["mismatched_keys"]:
-            raise ValueError(f"from_clip: {name_or_path} is not a full CLIP (image + text) checkpoint: missing "
-                             f"{sorted(info['missing_keys'])[:8]}, mismatched {list(info['mismatched_keys'])[:8]}")
-        model.load_clip_state_dict(source.state_dict())
-        model.mark_trainable()
-        return model
+        return from_full_clip(cls, name_or_path, tokenizer, config_overrides, "tokenize_templates")
 
     @torch.no_grad()
     def load_clip_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -247,22 +204,12 @@ class MmdaPreTrainedModel(PreTrainedModel):
 
         Raises ``ValueError`` naming the keys when a CLIP tensor has no place or a non-LoRA tensor stays unset.
         """
-        ours = self.clip.state_dict()
-        filled, unplaced = set(), []
-        for key, value in state_dict.items():
-            target = key
-            if target not in ours:
-                head, _, leaf = key.rpartition(".")
-                target = f"{head}.base_layer.{leaf}"
-            if target not in ours or ours[target].shape != value.shape:
-                unplaced.append(key)
-                continue
-            ours[target].copy_(value)
-            filled.add(target)
-        unset = sorted(k for k in ours if k not in filled and ".lora_" not in k and not k.endswith("position_ids"))
-        if unplaced or unset:
-            raise ValueError(f"load_clip_state_dict: CLIP keys without a place {unplaced[:8]}, "
-                             f"our CLIP keys left unset {unset[:8]}")
+
+        def lora_base(key: str) -> str:
+            head, _, leaf = key.rpartition(".")
+            return f"{head}.base_layer.{leaf}"
+
+        copy_clip_state_dict(self.clip, state_dict, lora_base, ".lora_")
         self._text_cache = None
 
 
@@ -322,56 +269,16 @@ class MmdaForFaceAntiSpoofing(MmdaPreTrainedModel):
 
         Returns ``images`` (3, b, c, H, W) in the order RGB, Depth, IR and ``present`` (b, 3) bool.
         """
-        given = dict(zip(_ARG_NAMES, (pixel_values, depth_pixel_values, ir_pixel_values)))
-        name = type(self).__name__
+        given = dict(zip(MODALITY_ARGS, (pixel_values, depth_pixel_values, ir_pixel_values)))
+        owner = type(self).__name__
         vc = self.config.clip_config.vision_config
-        expected = (vc.num_channels, vc.image_size, vc.image_size)
-        shapes = {arg: (None if t is None else tuple(t.shape)) for arg, t in given.items()}
-        present_args = [arg for arg, t in given.items() if t is not None]
-        if not present_args:
-            raise ValueError(f"{name}: all modalities are missing (pixel_values, depth_pixel_values and "
-                             "ir_pixel_values are all None)")
-        for arg in present_args:
-            tensor = given[arg]
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise ValueError(f"{name}: {arg} must be a float tensor, got {type(tensor).__name__} "
-                                 f"{getattr(tensor, 'dtype', '')}")
-            if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected:
-                raise ValueError(f"{name}: {arg} must have shape (batch, {expected[0]}, {expected[1]}, "
-                                 f"{expected[2]}), got {tuple(tensor.shape)}")
-        batch_sizes = {given[arg].shape[0] for arg in present_args}
-        if len(batch_sizes) != 1:
-            raise ValueError(f"{name}: batch sizes differ between modalities: {shapes}")
-        b = batch_sizes.pop()
-        for arg in present_args:
-            finite = torch.isfinite(given[arg])
-            if not bool(finite.all()):
-                raise ValueError(f"{name}: {arg} (shape {tuple(given[arg].shape)}) holds "
-                                 f"{int((~finite).sum())} NaN/inf values")
-        present = torch.tensor([[given[arg] is not None for arg in _ARG_NAMES]] * b, dtype=torch.bool)
+        b = check_modality_inputs(owner, given, (vc.num_channels, vc.image_size, vc.image_size), modality_mask)
+        present = modality_presence(list(given.values()), b)
         if modality_mask is not None:
-            if not isinstance(modality_mask, torch.Tensor) or tuple(modality_mask.shape) != (b, 3):
-                raise ValueError(f"{name}: modality_mask must have shape ({b}, 3) (columns rgb, depth, ir), "
-                                 f"got {tuple(getattr(modality_mask, 'shape', ()))}; inputs {shapes}")
-            values = modality_mask.detach().to("cpu")
-            if not bool(((values == 0) | (values == 1)).all()):
-                raise ValueError(f"{name}: modality_mask must hold only 0/1 (or bools)")
-            mask = values.bool()
-            claimed = mask & ~present
-            if bool(claimed.any()):
-                cols = [MMDA_MODALITIES[j] for j in range(3) if bool(claimed[:, j].any())]
-                raise ValueError(f"{name}: modality_mask marks {cols} present but the tensors are None")
-            empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(f"{name}: modality_mask marks all modalities missing for samples {empty}")
-            present = mask
-        reference = given[present_args[0]]
-        present = present.to(reference.device)
-        fill = torch.tensor(self.config.missing_modality_fill, device=reference.device, dtype=reference.dtype)
-        images = torch.stack([
-            torch.where(present[:, j, None, None, None], t, fill) if t is not None else fill.expand_as(reference)
-            for j, t in enumerate(given.values())])
-        return images, present
+            present = merge_modality_mask(owner, present, modality_mask, MMDA_MODALITIES)
+        reference = next(t for t in given.values() if t is not None)
+        images = stack_modalities(list(given.values()), present, self.config.missing_modality_fill, reference)
+        return images, present.to(reference.device)
 
     # ------------------------------------------------------------------ text side
     def _template_ids(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -386,15 +293,9 @@ class MmdaForFaceAntiSpoofing(MmdaPreTrainedModel):
         if self._ids_cache is not None and self._ids_cache[0] == key:
             return self._ids_cache[1]
         eos = cfg.clip_config.text_config.eos_token_id
-        pad = eos if isinstance(eos, int) else 0  # pooling takes the first end token (or the largest id): safe
         out = []
         for seqs in (cfg.spoof_template_input_ids, cfg.live_template_input_ids):
-            length = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), length), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-                mask[i, :len(s)] = 1
+            ids, mask = pad_token_ids(seqs, eos)
             out.append((ids.to(device), mask.to(device)))
         self._ids_cache = (key, out)
         return out
@@ -415,8 +316,7 @@ class MmdaForFaceAntiSpoofing(MmdaPreTrainedModel):
         trainable = any(p.requires_grad for p in params)
         if trainable:
             return tuple(self.clip.get_text_features(input_ids=i, attention_mask=m).pooler_output for i, m in ids)
-        key = (str(device), self.clip.text_model.training, torch.is_inference_mode_enabled(), self._ids_cache[0],
-               tuple((id(p), p._version, p.dtype) for p in params))
+        key = frozen_text_cache_key(device, self.clip.text_model, self._ids_cache[0], params)
         if self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]
         with torch.no_grad():
@@ -444,7 +344,6 @@ class MmdaForFaceAntiSpoofing(MmdaPreTrainedModel):
     ) -> MmdaFaceAntiSpoofingOutput | tuple:
         """See the class docstring; returns :class:`MmdaFaceAntiSpoofingOutput` (loss only with ``labels``)."""
         cfg = self.config
-        name = type(self).__name__
         return_dict = cfg.return_dict if return_dict is None else return_dict
         output_hidden_states = bool(output_hidden_states)
         output_attentions = bool(output_attentions)
@@ -452,12 +351,7 @@ class MmdaForFaceAntiSpoofing(MmdaPreTrainedModel):
                                             ir_pixel_values=ir_pixel_values, modality_mask=modality_mask)
         m, b, c, height, width = images.shape
         if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != (b,) or labels.is_floating_point():
-                raise ValueError(f"{name}: labels must be an integer tensor of shape ({b},), got "
-                                 f"{getattr(labels, 'dtype', type(labels).__name__)} "
-                                 f"{tuple(getattr(labels, 'shape', ()))}")
-            if b and (int(labels.min()) < 0 or int(labels.max()) > 1):
-                raise ValueError(f"{name}: labels must be 0 (spoof) or 1 (live), got {labels.tolist()}")
+            check_binary_labels(type(self).__name__, labels, b)
         text_spoof, text_live = self.template_text_embeds()
 
         # 1. one image-tower pass over the modality-stacked batch: X (b, m, d)
