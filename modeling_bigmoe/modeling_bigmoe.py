@@ -58,6 +58,7 @@ from .modeling_common import (
     check_modality_inputs,
     merge_modality_mask,
     modality_presence,
+    pytorch_default_init,
     stack_modalities,
 )
 
@@ -146,31 +147,16 @@ class BigMoeMultimodalEmbeddings(nn.Module):
         return tokens + self.position_embedding.to(tokens.dtype)
 
 
-def _pytorch_default_init(module: nn.Module) -> None:
-    """PyTorch's default Linear/Conv init (Kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))) via HF helpers."""
-    init.kaiming_uniform_(module.weight, a=5 ** 0.5)
-    if getattr(module, "bias", None) is not None:
-        fan_in = module.weight[0].numel()
-        bound = 1.0 / fan_in ** 0.5 if fan_in > 0 else 0.0
-        init.uniform_(module.bias, -bound, bound)
-
-
 class BigMoePreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
     """Base class: config class, weight initialisation, ``from_clip``, trainable summary.
-
-    ``from_pretrained`` (shared with the package's other models, see
-    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`) reads safetensors only unless called with
-    ``use_safetensors=False``, and re-applies the config-driven freezing.
+ ``from_pretrained``: safetensors only by default (see
+    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`).
     """
 
     config_class = BigMoeConfig
     config: BigMoeConfig
     base_model_prefix = "bigmoe"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     _no_split_modules = ["CLIPEncoderLayer", "BigMoeBlockAdapter"]
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
     def _is_own_init_module(self, module: nn.Module) -> bool:
@@ -191,12 +177,12 @@ class BigMoePreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
             init.normal_(module.keys, mean=0.0, std=0.02)  # ref N(0, 0.02)
             init.normal_(module.weight_down.weight, mean=0.0, std=config.expert_init_std)
             init.normal_(module.weight_up.weight, mean=0.0, std=config.expert_init_std)
-            _pytorch_default_init(module.to_queries)
+            pytorch_default_init(module.to_queries)
         elif isinstance(module, BigMoeRMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, BigMoeIsolatedGateAdapter):
             for linear in (module.down, module.gate_fuse, module.gate_prompt, module.up):
-                _pytorch_default_init(linear)
+                pytorch_default_init(linear)
             if config.adapter_init == "zero":
                 init.zeros_(module.up.weight)
                 init.zeros_(module.up.bias)
@@ -207,7 +193,7 @@ class BigMoePreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
         elif isinstance(module, BigMoePromptGenerator):
             init.zeros_(module.modality_prompts)
             init.zeros_(module.task_prompt)
-            _pytorch_default_init(module.patch_proj)
+            pytorch_default_init(module.patch_proj)
         elif isinstance(module, BigMoeMultimodalEmbeddings):
             self._init_multimodal_embeddings(module)
         elif isinstance(module, BigMoeForFaceAntiSpoofing):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 
 __all__ = [
     "MODALITY_ARGS",
@@ -34,6 +35,7 @@ __all__ = [
     "merge_modality_mask",
     "modality_presence",
     "pad_token_ids",
+    "pytorch_default_init",
     "stack_modalities",
 ]
 
@@ -47,10 +49,17 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 class FaceAntiSpoofingPreTrainedMixin:
     """Shared by ``BigMoePreTrainedModel``, ``MmdaPreTrainedModel`` and ``LaSoftMoePreTrainedModel``.
 
-    Put it before ``PreTrainedModel`` in the bases. The class using it defines ``_init_weights`` and
-    ``mark_trainable`` and may override the two hooks of :meth:`initialize_weights`:
-    :meth:`_is_own_init_module` and :meth:`_wrapped_base_layer`.
+    Put it before ``PreTrainedModel`` in the bases. The class using it sets ``config_class``,
+    ``base_model_prefix`` and ``_no_split_modules``, defines ``_init_weights`` and ``mark_trainable``, and may
+    override the two hooks of :meth:`initialize_weights`: :meth:`_is_own_init_module` and
+    :meth:`_wrapped_base_layer`. Inputs are images (keyword ``pixel_values`` first); gradient checkpointing and
+    SDPA attention are supported.
     """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
     def _is_own_init_module(self, module: nn.Module) -> bool:
@@ -133,6 +142,16 @@ class FaceAntiSpoofingPreTrainedMixin:
         model = result[0] if isinstance(result, tuple) else result
         model.mark_trainable()
         return result
+
+
+def pytorch_default_init(module: nn.Module) -> None:
+    """PyTorch's default Linear / Conv init (Kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))) through the
+    ``transformers.initialization`` helpers (which skip tensors loaded from a checkpoint)."""
+    init.kaiming_uniform_(module.weight, a=5 ** 0.5)
+    if getattr(module, "bias", None) is not None:
+        fan_in = module.weight[0].numel()
+        bound = 1.0 / fan_in ** 0.5 if fan_in > 0 else 0.0
+        init.uniform_(module.bias, -bound, bound)
 
 
 def _pickle_only_hint(owner: str, source, subfolder: str, message: str) -> str | None:

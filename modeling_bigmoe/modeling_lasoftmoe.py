@@ -193,20 +193,14 @@ _LASOFTMOE_TYPES = (LaSoftMoeLayer, LaSoftMoeExperts, LaSoftMoeFeatureMap, LaSof
 
 class LaSoftMoePreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
     """Base class: config class, weight initialisation, freezing, ``from_clip``.
-
-    ``from_pretrained`` (shared with the package's other models, see
-    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`) reads safetensors only unless called with
-    ``use_safetensors=False``, and re-applies the config-driven freezing.
+ The shared
+    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin` loads safetensors only by default.
     """
 
     config_class = LaSoftMoeConfig
     config: LaSoftMoeConfig
     base_model_prefix = "la_softmoe"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     _no_split_modules = ["CLIPEncoderLayer", "LaSoftMoeBlock", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
     def _is_own_init_module(self, module: nn.Module) -> bool:

@@ -57,6 +57,7 @@ from .modeling_common import (
     merge_modality_mask,
     modality_presence,
     pad_token_ids,
+    pytorch_default_init,
     stack_modalities,
 )
 
@@ -95,15 +96,6 @@ class MmdaFaceAntiSpoofingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def _pytorch_default_linear_init(module: nn.Linear) -> None:
-    """PyTorch's default Linear init (Kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))) via HF helpers."""
-    init.kaiming_uniform_(module.weight, a=5 ** 0.5)
-    if module.bias is not None:
-        fan_in = module.weight.shape[1]
-        bound = 1.0 / fan_in ** 0.5 if fan_in > 0 else 0.0
-        init.uniform_(module.bias, -bound, bound)
-
-
 def _is_lora_layer(module: nn.Module) -> bool:
     """A peft LoRA wrapper (``base_layer`` plus ``lora_A`` / ``lora_B`` dicts), detected without importing peft."""
     return (isinstance(getattr(module, "lora_A", None), nn.ModuleDict)
@@ -112,21 +104,15 @@ def _is_lora_layer(module: nn.Module) -> bool:
 
 class MmdaPreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
     """Base class: config class, weight initialisation, freezing, ``from_clip``.
-
-    ``from_pretrained`` (shared with the package's other models, see
-    :class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`) reads safetensors only unless called with
-    ``use_safetensors=False``, and re-applies the config-driven freezing.
+ ``from_pretrained`` reads safetensors only unless
+    ``use_safetensors=False`` (:class:`~.modeling_common.FaceAntiSpoofingPreTrainedMixin`).
     """
 
     config_class = MmdaConfig
     config: MmdaConfig
     base_model_prefix = "mmda"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "MmdaFusionBlock",
                          "MmdaRefineBlock", "MmdaClassifier"]
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
 
     # ------------------------------------------------------------------ initialisation
     def _wrapped_base_layer(self, module: nn.Module) -> nn.Module | None:
@@ -149,7 +135,7 @@ class MmdaPreTrainedModel(FaceAntiSpoofingPreTrainedMixin, PreTrainedModel):
             init.zeros_(module.in_proj_bias)
             init.zeros_(module.out_proj.bias)
         elif isinstance(module, nn.Linear):
-            _pytorch_default_linear_init(module)
+            pytorch_default_init(module)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
