@@ -1,6 +1,7 @@
-"""Push BIG-MoE checkpoints to the Hugging Face Hub and pull them back, with clear errors.
+"""Push the package's checkpoints (BIG-MoE, MMDA, La-SoftMoE CLIP) to the Hugging Face Hub and pull them back,
+with clear errors.
 
-Two kinds of repository:
+Two kinds of repository (adapter-only exists for BIG-MoE; MMDA and La-SoftMoE push full checkpoints):
 
 * **full**: ``config.json`` (with ``auto_map`` and ``bigmoe_version``), ``model.safetensors``, the model
   code for ``trust_remote_code`` (the Hub closure), ``preprocessor_config.json``, ``README.md`` (model
@@ -63,9 +64,12 @@ from .adapters import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, load_bigmoe_ada
 from .configuration_bigmoe import BigMoeConfig
 from .image_processing_bigmoe import BigMoeImageProcessor
 from .modeling_bigmoe import BigMoeForFaceAntiSpoofing, BigMoeModel, BigMoePreTrainedModel
+from .modeling_lasoftmoe import LaSoftMoeForFaceAntiSpoofing
+from .modeling_mmda import MmdaForFaceAntiSpoofing
 
 __all__ = [
     "BASE_REVISION_KEY",
+    "MODEL_TYPES",
     "RESULTS_NAME",
     "VERSION_KEY",
     "CheckpointError",
@@ -92,7 +96,14 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PROCESSOR_NAME = "preprocessor_config.json"
 CARD_NAME = "README.md"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-_ARCHITECTURES = {"BigMoeForFaceAntiSpoofing": BigMoeForFaceAntiSpoofing, "BigMoeModel": BigMoeModel}
+_ARCHITECTURES = {cls.__name__: cls for cls in (BigMoeForFaceAntiSpoofing, BigMoeModel, MmdaForFaceAntiSpoofing,
+                                                 LaSoftMoeForFaceAntiSpoofing)}
+# model_type -> (display name, default architecture) of the checkpoints this module pushes and pulls
+MODEL_TYPES = {
+    "bigmoe": ("BIG-MoE", "BigMoeForFaceAntiSpoofing"),
+    "mmda": ("MMDA", "MmdaForFaceAntiSpoofing"),
+    "la_softmoe": ("La-SoftMoE CLIP", "LaSoftMoeForFaceAntiSpoofing"),
+}
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -228,21 +239,25 @@ def _read_json(path: str, source: str) -> dict:
     return data
 
 
-def _check_model_type(config: dict, source: str) -> None:
+def _check_model_type(config: dict, source: str, allowed: Sequence[str] = tuple(MODEL_TYPES)) -> str:
     model_type = config.get("model_type")
-    if model_type != BigMoeConfig.model_type:
+    if model_type not in allowed:
+        names = ", ".join(f"{MODEL_TYPES[t][0]} ({t!r})" for t in allowed)
         raise CheckpointError(
-            f"{source} is a checkpoint of model type {model_type!r}, not BIG-MoE ({BigMoeConfig.model_type!r}); "
+            f"{source} is a checkpoint of model type {model_type!r}, not {names}; "
             "load it with its own class (e.g. transformers.AutoModel)")
+    return model_type
 
 
 # --------------------------------------------------------------------------- pulling
 def load_checkpoint(repo_or_dir: str | os.PathLike, *, revision: str | None = None,
                     token: str | bool | None = None, **from_pretrained_kwargs) -> BigMoePreTrainedModel:
-    """Load a full BIG-MoE checkpoint (Hub repo id or folder) after checking it; returns the model in eval mode.
+    """Load a full checkpoint (Hub repo id or folder) after checking it; returns the model in eval mode.
 
-    The class comes from ``config.architectures`` (:class:`BigMoeForFaceAntiSpoofing` or
-    :class:`BigMoeModel`). Before ``from_pretrained`` runs, checks that ``config.json`` is BIG-MoE, that the
+    The class comes from ``config.architectures`` (:class:`BigMoeForFaceAntiSpoofing`, :class:`BigMoeModel`,
+    :class:`MmdaForFaceAntiSpoofing` or :class:`LaSoftMoeForFaceAntiSpoofing`; by default the classifier of the
+    config's ``model_type``). Before ``from_pretrained`` runs, checks that ``config.json`` is one of
+    the package's model types (:data:`MODEL_TYPES`), that the
     checkpoint is not newer than the installed package (see the module doc), and that every safetensors file
     is complete (and, in the cache, matches its sha256). Raises :class:`CheckpointNotFoundError` or
     :class:`CheckpointError` naming the repository, revision and file.
@@ -256,13 +271,14 @@ def load_checkpoint(repo_or_dir: str | os.PathLike, *, revision: str | None = No
                                   "no config.json); load it with load_adapter_checkpoint()")
         raise CheckpointNotFoundError(f"checkpoint {where} has no {CONFIG_NAME}")
     config = _read_json(config_path, f"{where} {CONFIG_NAME}")
-    _check_model_type(config, where)
+    model_type = _check_model_type(config, where)
     check_bigmoe_version(config.get(VERSION_KEY), source=f"{where} {CONFIG_NAME}")
-    architectures = config.get("architectures") or ["BigMoeForFaceAntiSpoofing"]
+    architectures = config.get("architectures") or [MODEL_TYPES[model_type][1]]
     model_class = _ARCHITECTURES.get(architectures[0])
-    if model_class is None:
+    if model_class is None or model_class.config_class.model_type != model_type:
         raise CheckpointError(f"{where} {CONFIG_NAME}: architectures {architectures} is not one of "
-                              f"{sorted(_ARCHITECTURES)}")
+                              f"{sorted(n for n, c in _ARCHITECTURES.items() if c.config_class.model_type == model_type)}"
+                              f" (model type {model_type!r})")
     weights = _fetch(repo_or_dir, WEIGHTS_NAME, revision=revision, token=token, required=False)
     if weights is not None:
         shards = [weights]
@@ -308,7 +324,7 @@ def load_adapter_checkpoint(repo_or_dir: str | os.PathLike, *, revision: str | N
     if meta_path is None:
         config_path = _fetch(repo_or_dir, CONFIG_NAME, revision=revision, token=token, required=False)
         if config_path is not None:
-            _check_model_type(_read_json(config_path, f"{where} {CONFIG_NAME}"), where)
+            _check_model_type(_read_json(config_path, f"{where} {CONFIG_NAME}"), where, allowed=("bigmoe",))
             raise CheckpointError(f"{where} is a full checkpoint (config.json, no {ADAPTER_CONFIG_NAME}); load it "
                                   "with load_checkpoint() or BigMoeForFaceAntiSpoofing.from_pretrained()")
         raise CheckpointNotFoundError(f"adapter checkpoint {where} has no {ADAPTER_CONFIG_NAME}")
@@ -319,7 +335,7 @@ def load_adapter_checkpoint(repo_or_dir: str | os.PathLike, *, revision: str | N
     saved_config = meta.get("config")
     if not isinstance(saved_config, dict):
         raise CheckpointError(f"{source}: field 'config' is missing or not an object")
-    _check_model_type(saved_config, where)
+    _check_model_type(saved_config, where, allowed=("bigmoe",))
     check_bigmoe_version(saved_config.get(VERSION_KEY), source=source)
     weights_path = _fetch(repo_or_dir, ADAPTER_WEIGHTS_NAME, revision=revision, token=token,
                           what="adapter checkpoint")
@@ -385,7 +401,8 @@ def _results_table(results: dict, source: str) -> str:
 
 def _card_metadata(config, *, adapter_only: bool, base_model: str | None, datasets: Sequence[str] | None,
                    has_results: bool) -> dict[str, Any]:
-    tags = ["face-anti-spoofing", "presentation-attack-detection", "multimodal", "bigmoe"]
+    tags = ["face-anti-spoofing", "presentation-attack-detection", "multimodal",
+            getattr(config, "model_type", "bigmoe").replace("_", "-")]
     if adapter_only:
         tags.append("bigmoe-adapter")
     meta: dict[str, Any] = {
@@ -399,6 +416,24 @@ def _card_metadata(config, *, adapter_only: bool, base_model: str | None, datase
     if datasets:
         meta["datasets"] = list(datasets)
     return meta
+
+
+def _describe_model(config) -> str:
+    """One sentence on the architecture, for the model card."""
+    vc = config.vision_config
+    tower = (f"{vc.num_hidden_layers} layers, hidden {vc.hidden_size}, {vc.image_size} px, patch {vc.patch_size}")
+    model_type = getattr(config, "model_type", "bigmoe")
+    if model_type == "mmda":
+        return (f"MMDA (multimodal denoising and alignment, arXiv 2505.09484) face anti-spoofing on CLIP image and "
+                f"text towers (image tower: {tower}): MD2A differential attention fusion, U-shaped dual-space "
+                f"adaptation (depth {config.udsa_depth}) and alignment to {len(config.spoof_template_input_ids)} spoof "
+                f"/ {len(config.live_template_input_ids)} live text templates.")
+    if model_type == "la_softmoe":
+        return (f"La-SoftMoE CLIP (arXiv 2408.12793) face anti-spoofing: Soft MoE ({config.moe_num_experts} experts, "
+                f"{config.moe_combine} combine) in the blocks of a CLIP image tower ({tower}), classification "
+                f"against CLIP text prompts; input mode {config.input_mode!r}.")
+    return ("BIG-MoE (Bypass Isolated Gating MoE, arXiv 2412.18065) multimodal face anti-spoofing on a CLIP vision "
+            f"tower ({tower}; {config.moe_num_experts} experts).")
 
 
 def model_card_for_run(repo_id: str, config, *, adapter_only: bool = False, base_model: str | None = None,
@@ -421,15 +456,11 @@ def model_card_for_run(repo_id: str, config, *, adapter_only: bool = False, base
             card.text = card.text.rstrip() + "\n\n## Results\n\n" + table + "\n"
         return card
     threshold = float(getattr(config, "decision_threshold", 0.5))
-    vc = config.vision_config
     lines = [
         f"# {repo_id}",
         "",
-        ("BIG-MoE (Bypass Isolated Gating MoE, arXiv 2412.18065) multimodal face anti-spoofing on a CLIP vision "
-         f"tower ({vc.num_hidden_layers} layers, hidden {vc.hidden_size}, {vc.image_size} px, patch "
-         f"{vc.patch_size}; {config.moe_num_experts} experts). Inputs: RGB with optional Depth and IR. Output: "
-         f"spoof/live logits; live score = softmax[:, 1]; decision threshold {threshold:.4f} "
-         "(`config.decision_threshold`)."),
+        (f"{_describe_model(config)} Inputs: RGB with optional Depth and IR. Output: spoof/live logits; live "
+         f"score = softmax[:, 1]; decision threshold {threshold:.4f} (`config.decision_threshold`)."),
         "",
         "## Usage",
         "",
@@ -497,13 +528,14 @@ class _AutoClassRegistration:
         self.model_class = model_class
 
     def __enter__(self):
-        self.saved = (BigMoeConfig._auto_class, self.model_class._auto_class)
-        BigMoeConfig.register_for_auto_class()
+        config_class = self.model_class.config_class
+        self.saved = (config_class._auto_class, self.model_class._auto_class)
+        config_class.register_for_auto_class()
         self.model_class.register_for_auto_class("AutoModel")
         return self
 
     def __exit__(self, *exc):
-        BigMoeConfig._auto_class, self.model_class._auto_class = self.saved
+        self.model_class.config_class._auto_class, self.model_class._auto_class = self.saved
         return False
 
 
@@ -511,7 +543,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, adapter_only: bool = F
              revision: str | None = None, commit_message: str | None = None, base_model: str | None = None,
              base_revision: str | None = None, datasets: Sequence[str] | None = None,
              token: str | bool | None = None) -> str:
-    """Push a saved BIG-MoE model folder to the Hub; returns the commit URL (a ``CommitInfo``, ``.oid`` = sha).
+    """Push a saved model folder (BIG-MoE, MMDA or La-SoftMoE) to the Hub; returns the commit URL (a
+    ``CommitInfo``, ``.oid`` = sha). Adapter-only pushes are for BIG-MoE.
 
     ``run_dir``: a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``, optionally
     ``preprocessor_config.json``, a trainer-written ``README.md`` and ``results.json`` inside or next to it),
@@ -592,7 +625,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, adapter_only: bool = F
             create_branch(repo, branch=revision, exist_ok=True, token=token)
         kind = "adapter-only" if adapter_only else "full"
         commit = upload_folder(repo_id=repo, folder_path=str(stage), revision=revision, token=token,
-                               commit_message=commit_message or f"Upload BIG-MoE ({kind}) from {run_dir.name}",
+                               commit_message=commit_message or
+                               f"Upload {MODEL_TYPES[config.model_type][0]} ({kind}) from {run_dir.name}",
                                delete_patterns=delete_patterns)
     return commit
 

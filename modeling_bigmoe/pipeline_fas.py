@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, Pipeline
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .configuration_bigmoe import BigMoeConfig
+from .configuration_lasoftmoe import LaSoftMoeConfig
+from .configuration_mmda import MmdaConfig
 from .image_processing_bigmoe import BigMoeImageProcessor
-from .modeling_bigmoe import BigMoeForFaceAntiSpoofing
 
 __all__ = ["FAS_TASK", "MODALITY_NAMES", "FaceAntiSpoofingPipeline", "register_pipeline"]
 
@@ -204,10 +205,12 @@ class FaceAntiSpoofingPipeline(Pipeline):
 
 
 def register_pipeline() -> None:
-    """Register the ``"face-anti-spoofing"`` task (and ``AutoImageProcessor`` for BIG-MoE); idempotent."""
+    """Register the ``"face-anti-spoofing"`` task (models through ``AutoModelForImageClassification``, where the
+    package registers BIG-MoE, MMDA and La-SoftMoE) and ``AutoImageProcessor`` for the three configs; idempotent."""
     if PIPELINE_REGISTRY.supported_tasks.get(FAS_TASK, {}).get("impl") is not FaceAntiSpoofingPipeline:
         PIPELINE_REGISTRY.register_pipeline(FAS_TASK, pipeline_class=FaceAntiSpoofingPipeline,
-                                            pt_model=BigMoeForFaceAntiSpoofing, type="multimodal")
-    AutoImageProcessor.register(BigMoeConfig, image_processor_classes={"pil": BigMoeImageProcessor,
-                                                                       "torchvision": BigMoeImageProcessor},
-                                exist_ok=True)
+                                            pt_model=AutoModelForImageClassification, type="multimodal")
+    for config_class in (BigMoeConfig, MmdaConfig, LaSoftMoeConfig):
+        AutoImageProcessor.register(config_class, image_processor_classes={"pil": BigMoeImageProcessor,
+                                                                           "torchvision": BigMoeImageProcessor},
+                                    exist_ok=True)

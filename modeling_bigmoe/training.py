@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 

@@ -394,3 +394,60 @@ def test_card_from_a_protocol_runner_result():
     assert kept.data.datasets == ["org/d"] and kept.data.library_name == "transformers"
     with pytest.raises(ValueError, match="results.json: expected a protocol-runner result"):
         model_card_for_run("user/x", config, results={"hter": 0.1})
+
+
+# --------------------------------------------------------------------------- MMDA and La-SoftMoE
+@pytest.mark.parametrize("model_type", ["mmda", "la_softmoe"])
+def test_mmda_and_lasoftmoe_push_pull_and_remote_code(hub, tmp_path, model_type):
+    from transformers import AutoModel
+
+    from modeling_bigmoe.hub_configs_lasoftmoe import tiny_config as lasoftmoe_tiny
+    from modeling_bigmoe.hub_configs_mmda import tiny_config as mmda_tiny
+    from modeling_bigmoe.modeling_lasoftmoe import LaSoftMoeForFaceAntiSpoofing
+    from modeling_bigmoe.modeling_mmda import MmdaForFaceAntiSpoofing
+
+    model_class, config = {"mmda": (MmdaForFaceAntiSpoofing, mmda_tiny()),
+                           "la_softmoe": (LaSoftMoeForFaceAntiSpoofing, lasoftmoe_tiny(input_mode="multimodal"))}[
+        model_type]
+    config.decision_threshold = 0.41
+    torch.manual_seed(5)
+    model = model_class(config)
+    _perturb(model, 6)
+    expected = _logits(model)
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "results.json").write_text(json.dumps(RESULTS))
+    repo = f"{model_type}-full"
+    push_run(tmp_path, repo)
+    files = set(list_repo_files(f"user/{repo}"))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "results.json",
+            f"modeling_{model_type.replace('_', '')}.py"} <= files
+    assert model_class._auto_class is None and model_class.config_class._auto_class is None  # no leak
+    card = ModelCard.load(f"user/{repo}")
+    assert model_type.replace("_", "-") in card.data.tags and "bigmoe" not in card.data.tags
+    assert {"mmda": "MMDA (multimodal denoising", "la_softmoe": "La-SoftMoE CLIP (arXiv"}[model_type] in card.text
+    assert "decision threshold 0.4100" in card.text
+    pulled = load_checkpoint(f"user/{repo}")
+    assert type(pulled) is model_class and not pulled.training
+    assert torch.equal(_logits(pulled), expected)
+    # (the code shipped in the repo runs in a process without the package in tests/test_remote_code_*.py)
+    auto = AutoModel.from_pretrained(f"user/{repo}", trust_remote_code=True)
+    assert torch.equal(_logits(auto), expected)
+    # the face-anti-spoofing pipeline pulls it through AutoModelForImageClassification
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    depth, ir = rgb.convert("L"), rgb.rotate(90).convert("L")
+    result = pipeline("face-anti-spoofing", model=f"user/{repo}")(rgb, depth=depth, ir=ir)
+    inputs = BigMoeImageProcessor.from_pretrained(f"user/{repo}")(images=[rgb], depth_images=[depth],
+                                                                  ir_images=[ir], return_tensors="pt")
+    with torch.no_grad():
+        live = pulled(**inputs).logits.softmax(-1)[0, 1].item()
+    assert result["live_score"] == pytest.approx(live, abs=1e-6) and result["threshold"] == pytest.approx(0.41)
+    # adapter-only checkpoints are a BIG-MoE format
+    with pytest.raises(ValueError, match=f"adapter-only push needs a BigMoeForFaceAntiSpoofing, got "
+                                         f"{model_class.__name__}"):
+        push_run(tmp_path, f"{repo}-adapter", adapter_only=True)
+    with pytest.raises(CheckpointError, match=f"model type '{model_type}', not BIG-MoE \\('bigmoe'\\);"):
+        load_adapter_checkpoint(f"user/{repo}")

@@ -19,7 +19,6 @@ from modeling_bigmoe.training import (
     FasMetrics,
     last_complete_checkpoint,
     live_scores,
-    write_json,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
