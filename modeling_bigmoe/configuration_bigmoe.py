@@ -10,6 +10,16 @@ import math
 
 from transformers import CLIPVisionConfig, PreTrainedConfig
 
+from .configuration_common import (
+    check_fields,
+    check_image_grid,
+    check_layer_indices,
+    check_two_labels,
+    coerce_sub_config,
+    is_int,
+    set_default_labels,
+)
+
 __all__ = ["BigMoeConfig"]
 
 _CHOICES = {
@@ -123,14 +133,8 @@ class BigMoeConfig(PreTrainedConfig):
         base_model_name_or_path: str = "openai/clip-vit-base-patch16",
         **kwargs,
     ):
-        if vision_config is None:
-            vision_config = CLIPVisionConfig(patch_size=16)
-        elif isinstance(vision_config, dict):
-            vision_config = CLIPVisionConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
-        elif not isinstance(vision_config, CLIPVisionConfig):
-            raise ValueError(
-                f"BigMoeConfig.vision_config must be a CLIPVisionConfig or a dict, got {type(vision_config).__name__}")
-        self.vision_config = vision_config
+        self.vision_config = coerce_sub_config("BigMoeConfig.vision_config", vision_config, CLIPVisionConfig,
+                                               {"patch_size": 16})
         self.moe_num_experts = moe_num_experts
         self.moe_heads = moe_heads
         self.moe_experts_per_head = moe_experts_per_head
@@ -158,11 +162,7 @@ class BigMoeConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.decision_threshold = decision_threshold
         self.base_model_name_or_path = base_model_name_or_path
-        if kwargs.get("id2label") is None:
-            kwargs["id2label"] = {0: "spoof", 1: "live"}
-            kwargs["label2id"] = {"spoof": 0, "live": 1}
-            kwargs.pop("num_labels", None)
-        super().__init__(**kwargs)
+        super().__init__(**set_default_labels(kwargs))
         self.validate_architecture()
 
     # ------------------------------------------------------------------ derived values
@@ -191,17 +191,8 @@ class BigMoeConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Raise ``ValueError`` naming the field for any value the model cannot be built with."""
         vc = self.vision_config
-        for name in ("image_size", "patch_size"):
-            value = getattr(vc, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"BigMoeConfig.vision_config.{name} must be a positive int, got {value!r}")
-        if vc.image_size % vc.patch_size:
-            raise ValueError(f"BigMoeConfig.vision_config.image_size ({vc.image_size}) must be a multiple of "
-                             f"patch_size ({vc.patch_size})")
-        for name in _POSITIVE_INTS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"BigMoeConfig.{name} must be a positive int, got {value!r}")
+        check_image_grid("BigMoeConfig.vision_config", vc)
+        check_fields(self, "BigMoeConfig", positive_ints=_POSITIVE_INTS)
         root = math.isqrt(self.moe_num_experts)
         if root * root != self.moe_num_experts:
             raise ValueError(f"BigMoeConfig.moe_num_experts must be a perfect square, got {self.moe_num_experts}")
@@ -216,35 +207,15 @@ class BigMoeConfig(PreTrainedConfig):
                              f"moe_product_key_topk**2 = {self.moe_product_key_topk ** 2}")
         if self.eca_kernel_size % 2 == 0:
             raise ValueError(f"BigMoeConfig.eca_kernel_size must be odd, got {self.eca_kernel_size}")
-        for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"BigMoeConfig.{name} must be a number in [0, 1], got {value!r}")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"BigMoeConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in _BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"BigMoeConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("expert_init_std", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"BigMoeConfig.{name} must be a positive number, got {value!r}")
-        fill = self.modality_dropout_fill
-        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-            raise ValueError(f"BigMoeConfig.modality_dropout_fill must be a finite number, got {fill!r}")
+        check_fields(self, "BigMoeConfig", probabilities=_PROBABILITIES, choices=_CHOICES, bools=_BOOLS,
+                     positive_numbers=("expert_init_std", "initializer_range"),
+                     finite_numbers=("modality_dropout_fill",))
         seed = self.modality_dropout_seed
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        if seed is not None and (not is_int(seed) or seed < 0):
             raise ValueError(f"BigMoeConfig.modality_dropout_seed must be None or an int >= 0, got {seed!r}")
         n_layers = vc.num_hidden_layers
-        if self.adapter_layers is not None:
-            bad = [i for i in self.adapter_layers if not isinstance(i, int) or isinstance(i, bool)
-                   or not 0 <= i < n_layers]
-            if bad or len(set(self.adapter_layers)) != len(self.adapter_layers):
-                raise ValueError(f"BigMoeConfig.adapter_layers must be distinct ints in [0, {n_layers}), "
-                                 f"got {self.adapter_layers!r}")
+        check_layer_indices("BigMoeConfig.adapter_layers", self.adapter_layers, n_layers)
         tbl = self.trainable_backbone_layers
-        if not isinstance(tbl, int) or isinstance(tbl, bool) or not 0 <= tbl <= n_layers:
+        if not is_int(tbl) or not 0 <= tbl <= n_layers:
             raise ValueError(f"BigMoeConfig.trainable_backbone_layers must be an int in [0, {n_layers}], got {tbl!r}")
-        if self.id2label is not None and len(self.id2label) != 2:
-            raise ValueError(f"BigMoeConfig.id2label must have 2 labels (spoof, live), got {self.id2label!r}")
+        check_two_labels("BigMoeConfig", self.id2label)

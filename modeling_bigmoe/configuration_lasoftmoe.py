@@ -8,10 +8,18 @@ tokenizer files.
 
 from __future__ import annotations
 
-import math
-
 from transformers import CLIPConfig, PreTrainedConfig
 
+from .configuration_common import (
+    check_fields,
+    check_image_grid,
+    check_layer_indices,
+    check_token_ids,
+    check_two_labels,
+    coerce_sub_config,
+    is_int,
+    set_default_labels,
+)
 from .layers_softmoe import COMBINE_MODES, COMBINE_NORMS, EXPERT_ACTIVATIONS, PHI_KINDS, resolve_num_slots
 
 __all__ = ["INPUT_MODES", "LASOFTMOE_TEMPLATES", "LaSoftMoeConfig"]
@@ -35,14 +43,6 @@ _POSITIVE_INTS = ("moe_num_experts", "moe_expert_dim")
 _BOOLS = ("moe_zero_init_output", "train_logit_scale", "train_text_projection", "train_vision_tower")
 _PROBABILITIES = ("moe_dropout", "decision_threshold")
 _POSITIVE_NUMBERS = ("moe_scale_init", "logit_scale_max")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class LaSoftMoeConfig(PreTrainedConfig):
@@ -143,14 +143,8 @@ class LaSoftMoeConfig(PreTrainedConfig):
         base_model_name_or_path: str = "openai/clip-vit-base-patch16",
         **kwargs,
     ):
-        if clip_config is None:
-            clip_config = CLIPConfig(vision_config={"patch_size": 16})
-        elif isinstance(clip_config, dict):
-            clip_config = CLIPConfig(**{k: v for k, v in clip_config.items() if k != "model_type"})
-        elif not isinstance(clip_config, CLIPConfig):
-            raise ValueError(
-                f"LaSoftMoeConfig.clip_config must be a CLIPConfig or a dict, got {type(clip_config).__name__}")
-        self.clip_config = clip_config
+        self.clip_config = coerce_sub_config("LaSoftMoeConfig.clip_config", clip_config, CLIPConfig,
+                                             {"vision_config": {"patch_size": 16}})
         self.input_mode = input_mode
         self.moe_num_experts = moe_num_experts
         self.moe_num_slots = moe_num_slots
@@ -176,11 +170,7 @@ class LaSoftMoeConfig(PreTrainedConfig):
         self.missing_modality_fill = missing_modality_fill
         self.decision_threshold = decision_threshold
         self.base_model_name_or_path = base_model_name_or_path
-        if kwargs.get("id2label") is None:
-            kwargs["id2label"] = {0: "spoof", 1: "live"}
-            kwargs["label2id"] = {"spoof": 0, "live": 1}
-            kwargs.pop("num_labels", None)
-        super().__init__(**kwargs)
+        super().__init__(**set_default_labels(kwargs))
         self.validate_architecture()
 
     # ------------------------------------------------------------------ derived values
@@ -279,72 +269,27 @@ class LaSoftMoeConfig(PreTrainedConfig):
             raise ValueError(f"LaSoftMoeConfig.prompt_input_ids must be [class][template] = {n_classes} x {n_templates} "
                              f"id lists, got lengths {shape}; call config.tokenize_prompts(tokenizer) after editing "
                              "prompt_templates or class_names")
-        tc = self.clip_config.text_config
-        vocab, context, eos = int(tc.vocab_size), self.text_context_length, tc.eos_token_id
         for c, row in enumerate(ids):
             for t, seq in enumerate(row):
-                where = f"LaSoftMoeConfig.prompt_input_ids[{c}][{t}] ({self.prompts[c][t]!r})"
-                if not isinstance(seq, (list, tuple)) or not seq or not all(_is_int(v) for v in seq):
-                    raise ValueError(f"{where} must be a non-empty list of ints, got {seq!r}")
-                if len(seq) > context:
-                    raise ValueError(f"{where} has {len(seq)} tokens, more than the text tower's context of {context} "
-                                     "(clip_config.text_config.max_position_embeddings)")
-                if min(seq) < 0 or max(seq) >= vocab:
-                    raise ValueError(f"{where} holds ids outside [0, {vocab}) (clip_config.text_config.vocab_size): "
-                                     f"{list(seq)!r}")
-                # CLIP pools the text at the first end token (legacy configs with eos_token_id 2: the largest id)
-                if _is_int(eos) and eos != 2 and eos not in seq:
-                    raise ValueError(f"{where} lacks the end token {eos} (clip_config.text_config.eos_token_id), "
-                                     f"where CLIP pools the text: {list(seq)!r}")
+                check_token_ids(f"LaSoftMoeConfig.prompt_input_ids[{c}][{t}]", seq, self.clip_config.text_config,
+                                self.text_context_length, self.prompts[c][t])
 
     # ------------------------------------------------------------------ validation
     def validate_architecture(self) -> None:
         """Raise ``ValueError`` naming the field for any value the model cannot be built with."""
         vc = self.vision_config
-        for name in ("image_size", "patch_size"):
-            value = getattr(vc, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"LaSoftMoeConfig.clip_config.vision_config.{name} must be a positive int, "
-                                 f"got {value!r}")
-        if vc.image_size % vc.patch_size:
-            raise ValueError(f"LaSoftMoeConfig.clip_config.vision_config.image_size ({vc.image_size}) must be a "
-                             f"multiple of patch_size ({vc.patch_size})")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"LaSoftMoeConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in _POSITIVE_INTS:
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"LaSoftMoeConfig.{name} must be a positive int, got {value!r}")
+        check_image_grid("LaSoftMoeConfig.clip_config.vision_config", vc)
+        check_fields(self, "LaSoftMoeConfig", choices=_CHOICES, positive_ints=_POSITIVE_INTS)
         slots = self.moe_num_slots
         if slots is not None:
-            if not _is_int(slots) or slots <= 0:
+            if not is_int(slots) or slots <= 0:
                 raise ValueError(f"LaSoftMoeConfig.moe_num_slots must be None or a positive int, got {slots!r}")
             if slots % self.moe_num_experts:
                 raise ValueError(f"LaSoftMoeConfig.moe_num_slots ({slots}) must be divisible by moe_num_experts "
                                  f"({self.moe_num_experts})")
-        for name in _BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(  # noqa: TRY004 (bad input is a ValueError throughout the package)
-                    f"LaSoftMoeConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"LaSoftMoeConfig.{name} must be a number in [0, 1], got {value!r}")
-        for name in _POSITIVE_NUMBERS:
-            value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise ValueError(f"LaSoftMoeConfig.{name} must be a positive finite number, got {value!r}")
-        if not _is_number(self.missing_modality_fill):
-            raise ValueError(f"LaSoftMoeConfig.missing_modality_fill must be a finite number, got "
-                             f"{self.missing_modality_fill!r}")
-        n_layers = vc.num_hidden_layers
-        if self.moe_layers is not None:
-            bad = [i for i in self.moe_layers if not _is_int(i) or not 0 <= i < n_layers]
-            if bad or len(set(self.moe_layers)) != len(self.moe_layers):
-                raise ValueError(f"LaSoftMoeConfig.moe_layers must be distinct ints in [0, {n_layers}), "
-                                 f"got {self.moe_layers!r}")
+        check_fields(self, "LaSoftMoeConfig", bools=_BOOLS, probabilities=_PROBABILITIES,
+                     positive_numbers=_POSITIVE_NUMBERS, finite_numbers=("missing_modality_fill",))
+        check_layer_indices("LaSoftMoeConfig.moe_layers", self.moe_layers, vc.num_hidden_layers)
         self._check_prompt_strings()
         self._check_prompt_ids()
-        if self.id2label is not None and len(self.id2label) != 2:
-            raise ValueError(f"LaSoftMoeConfig.id2label must have 2 labels (spoof, live), got {self.id2label!r}")
+        check_two_labels("LaSoftMoeConfig", self.id2label)

@@ -7,10 +7,16 @@ CLIP token ids, so that ``config.json`` alone rebuilds a working model without t
 
 from __future__ import annotations
 
-import math
-
 from transformers import CLIPConfig, PreTrainedConfig
 
+from .configuration_common import (
+    check_fields,
+    check_token_ids,
+    check_two_labels,
+    coerce_sub_config,
+    is_int,
+    set_default_labels,
+)
 from .mmda_templates import default_templates
 
 __all__ = ["LABEL_SMOOTHING_MODES", "MmdaConfig"]
@@ -26,14 +32,6 @@ _PROBABILITIES = ("md2a_dropout", "moe_threshold", "label_smoothing", "text_anch
 _POSITIVE_NUMBERS = ("moe_capacity_factor_train", "moe_capacity_factor_eval", "moe_constant_init_std",
                      "logit_scale_max", "vision_lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("moe_balance_loss_coef", "moe_router_z_loss_coef")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class MmdaConfig(PreTrainedConfig):
@@ -170,14 +168,8 @@ class MmdaConfig(PreTrainedConfig):
         base_model_name_or_path: str = "openai/clip-vit-base-patch16",
         **kwargs,
     ):
-        if clip_config is None:
-            clip_config = CLIPConfig(vision_config={"patch_size": 16})
-        elif isinstance(clip_config, dict):
-            clip_config = CLIPConfig(**{k: v for k, v in clip_config.items() if k != "model_type"})
-        elif not isinstance(clip_config, CLIPConfig):
-            raise ValueError(
-                f"MmdaConfig.clip_config must be a CLIPConfig or a dict, got {type(clip_config).__name__}")
-        self.clip_config = clip_config
+        self.clip_config = coerce_sub_config("MmdaConfig.clip_config", clip_config, CLIPConfig,
+                                             {"vision_config": {"patch_size": 16}})
         spoof_default, live_default = default_templates()
         self.spoof_templates = spoof_default if spoof_templates is None else spoof_templates
         self.live_templates = live_default if live_templates is None else live_templates
@@ -218,11 +210,7 @@ class MmdaConfig(PreTrainedConfig):
         self.missing_modality_fill = missing_modality_fill
         self.decision_threshold = decision_threshold
         self.base_model_name_or_path = base_model_name_or_path
-        if kwargs.get("id2label") is None:
-            kwargs["id2label"] = {0: "spoof", 1: "live"}
-            kwargs["label2id"] = {"spoof": 0, "live": 1}
-            kwargs.pop("num_labels", None)
-        super().__init__(**kwargs)
+        super().__init__(**set_default_labels(kwargs))
         self.validate_architecture()
 
     # ------------------------------------------------------------------ derived values
@@ -310,41 +298,19 @@ class MmdaConfig(PreTrainedConfig):
             raise ValueError(f"MmdaConfig.{field} must hold one id list per entry of {text_field} ({n_text}), got "
                              f"{len(ids) if isinstance(ids, (list, tuple)) else type(ids).__name__}; "
                              f"call config.tokenize_templates(tokenizer) after editing the templates")
-        tc = self.clip_config.text_config
-        vocab, context = int(tc.vocab_size), self.text_context_length
-        eos = tc.eos_token_id
+        texts = getattr(self, text_field)
         for i, seq in enumerate(ids):
-            if not isinstance(seq, (list, tuple)) or not seq or not all(_is_int(t) for t in seq):
-                raise ValueError(f"MmdaConfig.{field}[{i}] must be a non-empty list of ints, got {seq!r}")
-            if len(seq) > context:
-                raise ValueError(f"MmdaConfig.{field}[{i}] ({getattr(self, text_field)[i]!r}) has {len(seq)} tokens, "
-                                 f"more than the text tower's context of {context} "
-                                 f"(clip_config.text_config.max_position_embeddings)")
-            if min(seq) < 0 or max(seq) >= vocab:
-                raise ValueError(f"MmdaConfig.{field}[{i}] holds ids outside [0, {vocab}) "
-                                 f"(clip_config.text_config.vocab_size): {seq!r}")
-            # CLIP pools the text at the first end token (legacy configs with eos_token_id 2: at the largest id)
-            if _is_int(eos) and eos != 2 and eos not in seq:
-                raise ValueError(f"MmdaConfig.{field}[{i}] lacks the end token {eos} "
-                                 f"(clip_config.text_config.eos_token_id), where CLIP pools the text: {seq!r}")
+            check_token_ids(f"MmdaConfig.{field}[{i}]", seq, self.clip_config.text_config, self.text_context_length,
+                            texts[i])
 
     # ------------------------------------------------------------------ validation
     def validate_architecture(self) -> None:
         """Raise ``ValueError`` naming the field for any value the model cannot be built with."""
         width = self.clip_config.projection_dim
-        if not _is_int(width) or width <= 0:
+        if not is_int(width) or width <= 0:
             raise ValueError(f"MmdaConfig.clip_config.projection_dim must be a positive int, got {width!r}")
-        for name in _BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"MmdaConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name in _POSITIVE_INTS:
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"MmdaConfig.{name} must be a positive int, got {value!r}")
-        for name in _NON_NEGATIVE_INTS:
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"MmdaConfig.{name} must be an int >= 0, got {value!r}")
+        check_fields(self, "MmdaConfig", bools=_BOOLS, positive_ints=_POSITIVE_INTS,
+                     non_negative_ints=_NON_NEGATIVE_INTS)
         for name in ("md2a_heads", "udsa_heads"):
             if width % getattr(self, name):
                 raise ValueError(f"MmdaConfig.{name} ({getattr(self, name)}) must divide the MMDA width "
@@ -352,26 +318,11 @@ class MmdaConfig(PreTrainedConfig):
         if self.moe_num_experts + self.moe_num_constant_experts < 2:
             raise ValueError(f"MmdaConfig.moe_num_experts + moe_num_constant_experts must be >= 2 (top-2 routing), "
                              f"got {self.moe_num_experts} + {self.moe_num_constant_experts}")
-        if self.moe_hidden_dim is not None and (not _is_int(self.moe_hidden_dim) or self.moe_hidden_dim <= 0):
+        if self.moe_hidden_dim is not None and (not is_int(self.moe_hidden_dim) or self.moe_hidden_dim <= 0):
             raise ValueError(f"MmdaConfig.moe_hidden_dim must be None or a positive int, got {self.moe_hidden_dim!r}")
-        for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"MmdaConfig.{name} must be a number in [0, 1], got {value!r}")
-        for name in _POSITIVE_NUMBERS:
-            value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise ValueError(f"MmdaConfig.{name} must be a positive number, got {value!r}")
-        for name in _NON_NEGATIVE_NUMBERS:
-            value = getattr(self, name)
-            if not _is_number(value) or value < 0:
-                raise ValueError(f"MmdaConfig.{name} must be a number >= 0, got {value!r}")
-        if not _is_number(self.missing_modality_fill):
-            raise ValueError(f"MmdaConfig.missing_modality_fill must be a finite number, got "
-                             f"{self.missing_modality_fill!r}")
-        if self.label_smoothing_mode not in LABEL_SMOOTHING_MODES:
-            raise ValueError(f"MmdaConfig.label_smoothing_mode must be one of {LABEL_SMOOTHING_MODES}, "
-                             f"got {self.label_smoothing_mode!r}")
+        check_fields(self, "MmdaConfig", probabilities=_PROBABILITIES, positive_numbers=_POSITIVE_NUMBERS,
+                     non_negative_numbers=_NON_NEGATIVE_NUMBERS, finite_numbers=("missing_modality_fill",),
+                     choices={"label_smoothing_mode": LABEL_SMOOTHING_MODES})
         targets = self.vision_lora_target_modules
         if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(f"MmdaConfig.vision_lora_target_modules must be a non-empty list of module names, "
@@ -383,5 +334,4 @@ class MmdaConfig(PreTrainedConfig):
         if (self.spoof_template_input_ids is None) != (self.live_template_input_ids is None):
             raise ValueError("MmdaConfig.spoof_template_input_ids and live_template_input_ids must be both set or "
                              "both None; call config.tokenize_templates(tokenizer)")
-        if self.id2label is not None and len(self.id2label) != 2:
-            raise ValueError(f"MmdaConfig.id2label must have 2 labels (spoof, live), got {self.id2label!r}")
+        check_two_labels("MmdaConfig", self.id2label)

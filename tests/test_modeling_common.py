@@ -189,3 +189,35 @@ def test_copy_clip_state_dict_remaps_and_names_the_keys():
     with pytest.raises(ValueError, match=r"without a place \['a.weight \(3, 2\)'\], our CLIP keys left unset "
                                          r"\['a.weight'\]"):
         copy_clip_state_dict(ours, dict(source, **{"a.weight": torch.ones(3, 2)}), remap, "extra")
+
+
+# --------------------------------------------------------------------------- configuration_common
+def test_config_field_checks_name_the_field():
+    from types import SimpleNamespace
+
+    from modeling_bigmoe.configuration_common import check_fields, check_layer_indices, set_default_labels
+
+    good = SimpleNamespace(flag=True, n=3, k=0, p=0.5, s=1e-3, z=0.0, f=-2.5, mode="a")
+    kinds = dict(bools=("flag",), positive_ints=("n",), non_negative_ints=("k",), probabilities=("p",),
+                 positive_numbers=("s",), non_negative_numbers=("z",), finite_numbers=("f",),
+                 choices={"mode": ("a", "b")})
+    check_fields(good, "C", **kinds)
+    for field, bad, pattern in [
+        ("flag", 1, r"C\.flag must be a bool, got 1"),
+        ("n", True, r"C\.n must be a positive int, got True"),
+        ("k", -1, r"C\.k must be an int >= 0, got -1"),
+        ("p", 1.5, r"C\.p must be a number in \[0, 1\], got 1\.5"),
+        ("s", float("inf"), r"C\.s must be a positive finite number, got inf"),
+        ("z", -0.1, r"C\.z must be a finite number >= 0, got -0\.1"),
+        ("f", float("nan"), r"C\.f must be a finite number, got nan"),
+        ("mode", "c", r"C\.mode must be one of \('a', 'b'\), got 'c'"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            check_fields(SimpleNamespace(**dict(vars(good), **{field: bad})), "C", **kinds)
+    check_layer_indices("C.layers", None, 2)
+    check_layer_indices("C.layers", [1, 0], 2)
+    with pytest.raises(ValueError, match=r"C\.layers must be distinct ints in \[0, 2\), got \[1, 1\]"):
+        check_layer_indices("C.layers", [1, 1], 2)
+    assert set_default_labels({"num_labels": 5}) == {"id2label": {0: "spoof", 1: "live"},
+                                                     "label2id": {"spoof": 0, "live": 1}}
+    assert set_default_labels({"id2label": {0: "a", 1: "b"}}) == {"id2label": {0: "a", 1: "b"}}

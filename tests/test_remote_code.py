@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from modeling_bigmoe import BigMoeConfig, BigMoeForFaceAntiSpoofing, register_bigmoe_for_remote_code
 
 CLOSURE = {"configuration_bigmoe.py", "modeling_bigmoe.py", "layers_peer.py", "layers_cdc.py", "adapters.py",
-           "clip_utils.py", "modeling_common.py"}
+           "clip_utils.py", "modeling_common.py", "configuration_common.py"}
 
 
 def test_remote_code_roundtrip(tmp_path):

@@ -20,7 +20,7 @@ from modeling_bigmoe.modeling_lasoftmoe import (
 )
 
 CLOSURE = {"configuration_lasoftmoe.py", "modeling_lasoftmoe.py", "layers_softmoe.py", "layers_peer.py",
-           "clip_utils.py", "modeling_common.py"}
+           "clip_utils.py", "modeling_common.py", "configuration_common.py"}
 
 
 def test_remote_code_roundtrip(tmp_path):

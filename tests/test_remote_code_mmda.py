@@ -18,7 +18,7 @@ from modeling_bigmoe.hub_configs_mmda import tiny_config
 from modeling_bigmoe.modeling_mmda import MmdaForFaceAntiSpoofing, register_mmda_for_remote_code
 
 CLOSURE = {"configuration_mmda.py", "modeling_mmda.py", "layers_mmda.py", "layers_attention.py", "layers_stmoe.py",
-           "mmda_templates.py", "clip_utils.py", "modeling_common.py"}
+           "mmda_templates.py", "clip_utils.py", "modeling_common.py", "configuration_common.py"}
 
 
 def _save(model, path):
