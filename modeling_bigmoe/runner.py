@@ -27,7 +27,8 @@ from .training import atomic_write_text, check_output_dir, fas_training_argument
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_CHOICES", "ModelSpec", "model_spec", "protocol_folds_for", "run_protocol"]
+__all__ = ["MODEL_CHOICES", "ModelSpec", "model_spec", "protocol_folds_for", "run_protocol", "summarise",
+           "write_protocol_summary"]
 
 MODEL_CHOICES = ("bigmoe", "baseline", "mmda", "la_softmoe")
 
@@ -196,6 +197,7 @@ def run_protocol(
     training: dict | None = None,
     per_video: bool = True,
     progress: bool = True,
+    write_summary: bool = True,
 ) -> dict[str, Any]:
     """Run a protocol end to end and write the per-run and summary results.
 
@@ -212,6 +214,8 @@ def run_protocol(
         augment: train-time augmentation (shared flip, noise, brightness, channel add, gamma).
         training: ``TrainingArguments`` overrides (epochs, batch size, learning rate, ...).
         per_video: also report video-level metrics (mean score per video).
+        write_summary: write ``summary.json`` / ``summary.md`` / ``summary.png`` (off for one part of a run
+            split over processes: the caller summarises the parts with :func:`write_protocol_summary`).
     """
     from .augmentation import FasAugmentation
     from .data import FasCollator
@@ -261,9 +265,17 @@ def run_protocol(
                 results.append(result)
 
     summary = summarise(results, protocol=str(protocol), test_settings=[n for n, _ in test_settings])
+    if write_summary:
+        write_protocol_summary(summary, output_dir)
+    return summary
+
+
+def write_protocol_summary(summary: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``summary.json``, ``summary.md`` and ``summary.png`` of a :func:`summarise` result."""
+    output_dir = Path(output_dir)
     write_json(output_dir / "summary.json", summary)
     atomic_write_text(output_dir / "summary.md", summary["markdown"])
-    summary_plot(summary["rows"], output_dir / "summary.png", title=f"{protocol}: target-domain test")
+    summary_plot(summary["rows"], output_dir / "summary.png", title=f"{summary['protocol']}: target-domain test")
     return summary
 
 

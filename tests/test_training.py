@@ -223,3 +223,24 @@ def test_demo_model_specs():
         assert "num_train_epochs" not in demo_model_spec(name, epochs=1).training_overrides  # --epochs wins
     with pytest.raises(ValueError, match="demo model 'resnet' is not one of bigmoe, baseline, mmda, la_softmoe"):
         demo_model_spec("resnet")
+
+
+def test_demo_in_two_worker_processes_matches_one_process(tmp_path, monkeypatch, capsys):
+    from modeling_bigmoe.cli import main
+
+    monkeypatch.setenv("BIGMOE_CACHE", str(tmp_path / "cache"))
+    common = ["demo", "--samples-per-domain", "40", "--epochs", "1", "--models", "baseline,la_softmoe",
+              "--no-progress"]
+    assert main([*common, "--jobs", "1", "--output-dir", str(tmp_path / "one")]) == 0
+    assert main([*common, "--jobs", "2", "--output-dir", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out
+    assert "(2 worker processes x 1 thread)" in out and out.count("done ") == 8
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert [(r["fold"], r["model"]) for r in two["rows"]] == [(r["fold"], r["model"]) for r in one["rows"]]
+    assert len(one["rows"]) == 8 and {r["model"] for r in one["rows"]} == {"baseline", "la_softmoe"}
+    for a, b in zip(one["rows"], two["rows"]):
+        assert a["auc"] == pytest.approx(b["auc"], abs=1e-9) and a["hter"] == pytest.approx(b["hter"], abs=1e-9)
+    assert two["markdown"] == one["markdown"]
+    assert (tmp_path / "two" / "summary.png").is_file()
+    assert (tmp_path / "two" / "CSW-P" / "la_softmoe" / "seed42" / "results.json").is_file()
