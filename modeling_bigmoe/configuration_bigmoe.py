@@ -11,13 +11,13 @@ import math
 from transformers import CLIPVisionConfig, PreTrainedConfig
 
 from .configuration_common import (
+    FaceAntiSpoofingConfigMixin,
     check_fields,
     check_image_grid,
     check_layer_indices,
     check_two_labels,
     coerce_sub_config,
     is_int,
-    set_default_labels,
 )
 
 __all__ = ["BigMoeConfig"]
@@ -34,7 +34,7 @@ _POSITIVE_INTS = ("moe_num_experts", "moe_heads", "moe_experts_per_head", "moe_p
 _BOOLS = ("legacy_transpose", "prompt_residual", "modality_dropout_allow_all_missing")
 
 
-class BigMoeConfig(PreTrainedConfig):
+class BigMoeConfig(FaceAntiSpoofingConfigMixin, PreTrainedConfig):
     r"""Configuration of [`BigMoeModel`] and [`BigMoeForFaceAntiSpoofing`].
 
     Defaults reproduce the reference model (spec ``method-bigmoe.md``) on a CLIP ViT-B/16 tower.
@@ -162,8 +162,7 @@ class BigMoeConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.decision_threshold = decision_threshold
         self.base_model_name_or_path = base_model_name_or_path
-        super().__init__(**set_default_labels(kwargs))
-        self.validate_architecture()
+        self._finish_init(kwargs)
 
     # ------------------------------------------------------------------ derived values
     @property

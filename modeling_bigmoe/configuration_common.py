@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "SPOOF_LIVE_LABELS",
+    "ClipTowersConfigMixin",
+    "FaceAntiSpoofingConfigMixin",
     "check_fields",
     "check_image_grid",
     "check_layer_indices",
@@ -25,6 +27,31 @@ __all__ = [
 
 # class 0 spoof, class 1 live, in every model of the package
 SPOOF_LIVE_LABELS = {0: "spoof", 1: "live"}
+
+
+class FaceAntiSpoofingConfigMixin:
+    """Shared by the three configs (put it before ``PreTrainedConfig`` in the bases); the config defines
+    ``validate_architecture``."""
+
+    def _finish_init(self, kwargs: dict) -> None:
+        """The end of ``__init__``: ``PreTrainedConfig.__init__(**kwargs)`` with the spoof / live label defaults
+        (:func:`set_default_labels`), then ``validate_architecture()``."""
+        super().__init__(**set_default_labels(kwargs))
+        self.validate_architecture()
+
+
+class ClipTowersConfigMixin(FaceAntiSpoofingConfigMixin):
+    """For the configs holding a full CLIP (``clip_config``: image and text towers)."""
+
+    @property
+    def vision_config(self):
+        """The image tower's ``CLIPVisionConfig`` (``clip_config.vision_config``), for code shared with BIG-MoE."""
+        return self.clip_config.vision_config
+
+    @property
+    def text_context_length(self) -> int:
+        """Longest token sequence the text tower takes (``text_config.max_position_embeddings``, 77 for CLIP)."""
+        return int(self.clip_config.text_config.max_position_embeddings)
 
 
 def is_int(value) -> bool:

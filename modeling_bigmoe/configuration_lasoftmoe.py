@@ -11,6 +11,7 @@ from __future__ import annotations
 from transformers import CLIPConfig, PreTrainedConfig
 
 from .configuration_common import (
+    ClipTowersConfigMixin,
     check_fields,
     check_image_grid,
     check_layer_indices,
@@ -18,7 +19,6 @@ from .configuration_common import (
     check_two_labels,
     coerce_sub_config,
     is_int,
-    set_default_labels,
 )
 from .layers_softmoe import COMBINE_MODES, COMBINE_NORMS, EXPERT_ACTIVATIONS, PHI_KINDS, resolve_num_slots
 
@@ -45,7 +45,7 @@ _PROBABILITIES = ("moe_dropout", "decision_threshold")
 _POSITIVE_NUMBERS = ("moe_scale_init", "logit_scale_max")
 
 
-class LaSoftMoeConfig(PreTrainedConfig):
+class LaSoftMoeConfig(ClipTowersConfigMixin, PreTrainedConfig):
     r"""Configuration of [`LaSoftMoeForFaceAntiSpoofing`].
 
     Defaults follow the paper (spec ``method-la-softmoe.md``) on CLIP ViT-B/16: RGB input, a Soft MoE with
@@ -170,15 +170,9 @@ class LaSoftMoeConfig(PreTrainedConfig):
         self.missing_modality_fill = missing_modality_fill
         self.decision_threshold = decision_threshold
         self.base_model_name_or_path = base_model_name_or_path
-        super().__init__(**set_default_labels(kwargs))
-        self.validate_architecture()
+        self._finish_init(kwargs)
 
     # ------------------------------------------------------------------ derived values
-    @property
-    def vision_config(self):
-        """The image tower's ``CLIPVisionConfig`` (``clip_config.vision_config``)."""
-        return self.clip_config.vision_config
-
     @property
     def num_modalities(self) -> int:
         """Modalities in the image token stream: 1 (``"rgb"``) or 3 (``"multimodal"``: RGB, Depth, IR)."""
@@ -204,11 +198,6 @@ class LaSoftMoeConfig(PreTrainedConfig):
         """Sorted indices of the image-tower layers with a Soft MoE (``moe_layers`` or every layer)."""
         n = self.vision_config.num_hidden_layers
         return list(range(n)) if self.moe_layers is None else sorted(self.moe_layers)
-
-    @property
-    def text_context_length(self) -> int:
-        """Longest token sequence the text tower takes (``text_config.max_position_embeddings``, 77 for CLIP)."""
-        return int(self.clip_config.text_config.max_position_embeddings)
 
     @property
     def prompts(self) -> list[list[str]]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from transformers import CLIPConfig, PreTrainedConfig
 
 from .configuration_common import (
+    ClipTowersConfigMixin,
     check_fields,
     check_token_ids,
     check_two_labels,
     coerce_sub_config,
     is_int,
-    set_default_labels,
 )
 from .mmda_templates import default_templates
 
@@ -34,7 +34,7 @@ _POSITIVE_NUMBERS = ("moe_capacity_factor_train", "moe_capacity_factor_eval", "m
 _NON_NEGATIVE_NUMBERS = ("moe_balance_loss_coef", "moe_router_z_loss_coef")
 
 
-class MmdaConfig(PreTrainedConfig):
+class MmdaConfig(ClipTowersConfigMixin, PreTrainedConfig):
     r"""Configuration of [`MmdaForFaceAntiSpoofing`].
 
     Defaults reproduce the MMDA reference (spec ``method-mmda.md``) on CLIP ViT-B/16. The MMDA width
@@ -210,15 +210,9 @@ class MmdaConfig(PreTrainedConfig):
         self.missing_modality_fill = missing_modality_fill
         self.decision_threshold = decision_threshold
         self.base_model_name_or_path = base_model_name_or_path
-        super().__init__(**set_default_labels(kwargs))
-        self.validate_architecture()
+        self._finish_init(kwargs)
 
     # ------------------------------------------------------------------ derived values
-    @property
-    def vision_config(self):
-        """The image tower's ``CLIPVisionConfig`` (``clip_config.vision_config``), for code shared with BIG-MoE."""
-        return self.clip_config.vision_config
-
     @property
     def hidden_size(self) -> int:
         """MMDA width = CLIP's ``projection_dim`` (the size of CLIP's image and text embeddings)."""
@@ -233,11 +227,6 @@ class MmdaConfig(PreTrainedConfig):
     def num_alignment_levels(self) -> int:
         """RS2 levels: ``v0``, the down path and the up path, ``2 * udsa_depth + 1``."""
         return 2 * self.udsa_depth + 1
-
-    @property
-    def text_context_length(self) -> int:
-        """Longest token sequence the text tower takes (``text_config.max_position_embeddings``, 77 for CLIP)."""
-        return int(self.clip_config.text_config.max_position_embeddings)
 
     def moe_kwargs(self) -> dict:
         """Keyword arguments of every :class:`MmdaSTMoE` built from this config."""
