@@ -1,5 +1,8 @@
 """Generate the Hub ``config.json`` files: ``python -m modeling_bigmoe.hub_configs [--root hub_configs]``.
 
+The writer, the renderer and the command line here are shared with ``hub_configs_mmda`` and
+``hub_configs_lasoftmoe`` (:func:`write_config_files`, :func:`render_config`, :func:`hub_configs_main`).
+
 Two variants:
 
 * ``bigmoe-clip-vit-base-patch16``: the reference BIG-MoE on CLIP ViT-B/16 (every spec default).
@@ -47,10 +50,22 @@ import argparse
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 
 from .configuration_bigmoe import BigMoeConfig
 
-__all__ = ["HUB_VARIANTS", "PARAMETER_COUNTS", "build_hub_configs", "render_config", "write_hub_configs", "main"]
+__all__ = [
+    "HUB_VARIANTS",
+    "PARAMETER_COUNTS",
+    "atomic_write_text",
+    "build_hub_configs",
+    "hub_configs_main",
+    "main",
+    "render_config",
+    "tiny_config",
+    "write_config_files",
+    "write_hub_configs",
+]
 
 HUB_VARIANTS = ("bigmoe-clip-vit-base-patch16", "bigmoe-tiny")
 
@@ -81,36 +96,78 @@ def build_hub_configs() -> dict[str, BigMoeConfig]:
     }
 
 
-def render_config(config: BigMoeConfig) -> str:
-    """Deterministic ``config.json`` text (sorted keys, no ``transformers_version``)."""
+def _drop_versions(data):
+    """``data`` without any ``transformers_version`` key, at any depth (sub-configs carry their own)."""
+    if isinstance(data, dict):
+        return {k: _drop_versions(v) for k, v in data.items() if k != "transformers_version"}
+    return data
+
+
+def render_config(config) -> str:
+    """Deterministic ``config.json`` text of any of the package's configs (sorted keys, no
+    ``transformers_version`` at any level)."""
     data = json.loads(config.to_json_string(use_diff=False))
-    data.pop("transformers_version", None)
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return json.dumps(_drop_versions(data), indent=2, sort_keys=True) + "\n"
 
 
-def write_hub_configs(root: str | os.PathLike = "hub_configs") -> list[str]:
-    """Write ``{root}/{variant}/config.json`` for every variant (atomically); returns the paths."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` (UTF-8) through a temporary file in the same folder and ``os.replace``."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_config_files(root: str | os.PathLike, configs: Mapping[str, object]) -> list[str]:
+    """Write ``{root}/{name}/config.json`` (:func:`render_config`, atomically) for every ``name -> config``;
+    returns the paths."""
     paths = []
-    for name, config in build_hub_configs().items():
+    for name, config in configs.items():
         directory = os.path.join(os.fspath(root), name)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "config.json")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(render_config(config))
-        os.replace(tmp, path)
+        atomic_write_text(path, render_config(config))
         paths.append(path)
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_hub_configs(root: str | os.PathLike = "hub_configs") -> list[str]:
+    """Write ``{root}/{variant}/config.json`` for every variant (atomically); returns the paths."""
+    return write_config_files(root, build_hub_configs())
+
+
+def hub_configs_main(doc: str, write: Callable[..., list[str]], argv: list[str] | None = None, *,
+                     tokenizer_help: str | None = None) -> int:
+    """The command line of the ``hub_configs*`` modules: ``--root`` (default ``hub_configs``) and, with
+    ``tokenizer_help``, ``--clip-tokenizer DIR`` (a ``CLIPTokenizer`` folder passed to ``write`` as its second
+    argument). Prints the written paths; returns 0."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--root", default="hub_configs", help="output folder (default: hub_configs)")
+    if tokenizer_help is not None:
+        parser.add_argument("--clip-tokenizer", default=None, help=tokenizer_help)
     args = parser.parse_args(argv)
-    for path in write_hub_configs(args.root):
+    extra = []
+    if tokenizer_help is not None:
+        tokenizer = None
+        if args.clip_tokenizer:
+            from transformers import CLIPTokenizer
+
+            tokenizer = CLIPTokenizer.from_pretrained(args.clip_tokenizer)
+        extra.append(tokenizer)
+    for path in write(args.root, *extra):
         print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    return hub_configs_main(__doc__, write_hub_configs, argv)
 
 
 if __name__ == "__main__":

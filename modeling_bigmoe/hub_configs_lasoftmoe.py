@@ -42,12 +42,11 @@ extension (``input_mode="multimodal"``, 589 tokens -> 4 x 147 = 588 slots) has 1
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 
 from .configuration_lasoftmoe import LASOFTMOE_TEMPLATES, LaSoftMoeConfig
+from .hub_configs import hub_configs_main, render_config, write_config_files
 
 __all__ = [
     "CLIP_PROMPT_INPUT_IDS",
@@ -80,19 +79,6 @@ CLIP_PROMPT_INPUT_IDS = {
     LASOFTMOE_TEMPLATES["auc"]: ([49406, 320, 1125, 539, 320, 5777, 1710, 49407],
                                  [49406, 320, 1125, 539, 320, 1064, 1710, 49407]),
 }
-
-
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def tiny_config(**overrides) -> LaSoftMoeConfig:
@@ -159,43 +145,16 @@ def build_hub_configs(tokenizer=None) -> dict[str, LaSoftMoeConfig]:
     }
 
 
-def render_config(config: LaSoftMoeConfig) -> str:
-    """Deterministic ``config.json`` text (sorted keys, no ``transformers_version``)."""
-    data = json.loads(config.to_json_string(use_diff=False))
-    data.pop("transformers_version", None)
-    data["clip_config"].pop("transformers_version", None)
-    for sub in ("vision_config", "text_config"):
-        data["clip_config"].get(sub, {}).pop("transformers_version", None)
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
 def write_hub_configs(root: str | os.PathLike = "hub_configs", tokenizer=None) -> list[str]:
     """Write ``{root}/{variant}/config.json`` for every variant (atomically); returns the paths."""
-    paths = []
-    for name, config in build_hub_configs(tokenizer).items():
-        directory = os.path.join(os.fspath(root), name)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "config.json")
-        _atomic_write(path, render_config(config))
-        paths.append(path)
-    return paths
+    return write_config_files(root, build_hub_configs(tokenizer))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="hub_configs", help="output folder (default: hub_configs)")
-    parser.add_argument("--clip-tokenizer", default=None,
-                        help="folder with CLIP ViT-B/16's tokenizer files: check the stored prompt ids")
-    args = parser.parse_args(argv)
-    tokenizer = None
-    if args.clip_tokenizer:
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(args.clip_tokenizer)
-    for path in write_hub_configs(args.root, tokenizer):
-        print(path)
-    return 0
+    return hub_configs_main(
+        __doc__, write_hub_configs, argv,
+        tokenizer_help="folder with CLIP ViT-B/16's tokenizer files: check the stored prompt ids")
 
 
 if __name__ == "__main__":

@@ -43,13 +43,13 @@ One MoE at width 512: router 512 x 7 = 3,584, four GEGLU experts of 2,100,394 (R
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 from collections.abc import Iterable
 
 from .configuration_mmda import MmdaConfig
+from .hub_configs import atomic_write_text, hub_configs_main, render_config, write_config_files
 from .mmda_templates import default_templates
 
 __all__ = [
@@ -131,14 +131,6 @@ CLIP_TEMPLATE_INPUT_IDS = {
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_tiny_clip_tokenizer(directory: str | os.PathLike, texts: Iterable[str]) -> dict[str, int]:
     """Write a tiny CLIP BPE (``vocab.json``, ``merges.txt``) that ``CLIPTokenizer.from_pretrained`` reads.
 
@@ -188,9 +180,10 @@ def write_tiny_clip_tokenizer(directory: str | os.PathLike, texts: Iterable[str]
     for token in (_BOS, _EOS):
         vocab.setdefault(token, len(vocab))
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(os.path.join(os.fspath(directory), "vocab.json"), json.dumps(vocab, ensure_ascii=True) + "\n")
-    _atomic_write(os.path.join(os.fspath(directory), "merges.txt"),
-                  "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    directory = os.fspath(directory)
+    atomic_write_text(os.path.join(directory, "vocab.json"), json.dumps(vocab, ensure_ascii=True) + "\n")
+    atomic_write_text(os.path.join(directory, "merges.txt"),
+                      "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     return vocab
 
 
@@ -244,43 +237,16 @@ def build_hub_configs(tokenizer=None) -> dict[str, MmdaConfig]:
     }
 
 
-def render_config(config: MmdaConfig) -> str:
-    """Deterministic ``config.json`` text (sorted keys, no ``transformers_version``)."""
-    data = json.loads(config.to_json_string(use_diff=False))
-    data.pop("transformers_version", None)
-    for sub in ("vision_config", "text_config"):
-        data["clip_config"].get(sub, {}).pop("transformers_version", None)
-    data["clip_config"].pop("transformers_version", None)
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
 def write_hub_configs(root: str | os.PathLike = "hub_configs", tokenizer=None) -> list[str]:
     """Write ``{root}/{variant}/config.json`` for every variant (atomically); returns the paths."""
-    paths = []
-    for name, config in build_hub_configs(tokenizer).items():
-        directory = os.path.join(os.fspath(root), name)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "config.json")
-        _atomic_write(path, render_config(config))
-        paths.append(path)
-    return paths
+    return write_config_files(root, build_hub_configs(tokenizer))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="hub_configs", help="output folder (default: hub_configs)")
-    parser.add_argument("--clip-tokenizer", default=None,
-                        help="folder with CLIP ViT-B/16's tokenizer files: check the stored template ids")
-    args = parser.parse_args(argv)
-    tokenizer = None
-    if args.clip_tokenizer:
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(args.clip_tokenizer)
-    for path in write_hub_configs(args.root, tokenizer):
-        print(path)
-    return 0
+    return hub_configs_main(
+        __doc__, write_hub_configs, argv,
+        tokenizer_help="folder with CLIP ViT-B/16's tokenizer files: check the stored template ids")
 
 
 if __name__ == "__main__":
