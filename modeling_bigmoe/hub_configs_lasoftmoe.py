@@ -70,9 +70,7 @@ PARAMETER_COUNTS = {
 
 # CLIP ViT-B/16 token ids (CLIPTokenizer of openai/clip-vit-base-patch16) of the paper's prompts, by template
 # then class (fake, live): <start> this is an image of a fake/live face <end>, <start> a photo of a ... <end>.
-# Written without the tokenizer files (no network here): "a photo of a", "this is a" and "face" match published
-# CLIP tokenisations; "an" 550, "image" 2867, "fake" 5777, "live" 1064 are single-word vocabulary ids not checked
-# against the files. Run ``--clip-tokenizer DIR`` once with the real files to confirm.
+# Checked against CLIP's real tokenizer, rebuilt from its BPE merge list (tests/test_clip_tokenizer.py).
 CLIP_PROMPT_INPUT_IDS = {
     LASOFTMOE_TEMPLATES["acer"]: ([49406, 589, 533, 550, 2867, 539, 320, 5777, 1710, 49407],
                                   [49406, 589, 533, 550, 2867, 539, 320, 1064, 1710, 49407]),

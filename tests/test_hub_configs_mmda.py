@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from modeling_bigmoe.hub_configs_mmda import (
     HUB_VARIANTS,
     PARAMETER_COUNTS,
     build_hub_configs,
-    clip_vit_base_patch16_config,
     render_config,
     write_hub_configs,
     write_tiny_clip_tokenizer,
@@ -95,12 +93,7 @@ def test_stored_clip_ids_are_consistent():
         49406, 589, 533, 320, 1532, 1710, 49407]
 
 
-@pytest.mark.skipif(not os.environ.get("MMDA_CLIP_TOKENIZER"),
-                    reason="set MMDA_CLIP_TOKENIZER to a folder with CLIP ViT-B/16's vocab.json and merges.txt")
-def test_stored_clip_ids_match_the_real_tokenizer():
-    tokenizer = CLIPTokenizer.from_pretrained(os.environ["MMDA_CLIP_TOKENIZER"])
-    config = clip_vit_base_patch16_config(tokenizer)  # raises if the ids differ
-    assert config.spoof_template_input_ids == CLIP_TEMPLATE_INPUT_IDS["spoof"]
+# the stored ids are checked against the real CLIP tokenizer in tests/test_clip_tokenizer.py
 
 
 def test_tiny_tokenizer_round_trip(tmp_path):

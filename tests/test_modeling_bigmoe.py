@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import unittest
 
 import pytest
@@ -21,7 +19,6 @@ from modeling_bigmoe import (
 )
 from modeling_bigmoe.clip_utils import get_clip_embeddings, get_clip_layernorms
 from modeling_bigmoe.layers_cdc import map_to_tokens
-from modeling_bigmoe.layers_peer import quick_gelu
 
 from common import ModelTesterMixin, assert_inputs_unchanged, clone_inputs
 
