@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from modeling_bigmoe import cli as demo_cli
 from modeling_bigmoe.cli import DEMO_MODEL_OVERRIDES, DEMO_TRAINING
 from modeling_bigmoe.runner import MODEL_CHOICES, model_spec, run_protocol
 
@@ -59,6 +60,16 @@ def demo_overrides(name: str, overrides=None) -> dict:
             return dict(overrides["bigmoe"])
         raise ValueError(f"DEMO_MODEL_OVERRIDES has no entry for model {name!r} (keys: {sorted(overrides)})")
     return dict(overrides)
+
+
+def demo_spec(name: str, *, epochs: float | None = None):
+    """The demo's :class:`ModelSpec` for ``name``: its config overrides (:func:`demo_overrides`) and its per-model
+    training changes (``DEMO_TRAINING_OVERRIDES`` where the CLI defines it); an explicit ``epochs`` wins."""
+    spec = model_spec(name, overrides=demo_overrides(name))
+    spec.training_overrides.update(getattr(demo_cli, "DEMO_TRAINING_OVERRIDES", {}).get(name, {}))
+    if epochs is not None:
+        spec.training_overrides.pop("num_train_epochs", None)
+    return spec
 
 
 def _std(values) -> float:
@@ -244,7 +255,7 @@ def main(argv=None) -> dict:
     try:
         bench = load_synthetic_benchmark(samples_per_domain=args.samples_per_domain, seed=args.data_seed,
                                          progress=not args.no_progress)
-        specs = [model_spec(name, overrides=demo_overrides(name)) for name in args.models]
+        specs = [demo_spec(name, epochs=args.epochs) for name in args.models]
         training = dict(DEMO_TRAINING)
         if args.epochs is not None:
             training["num_train_epochs"] = args.epochs
@@ -262,6 +273,7 @@ def main(argv=None) -> dict:
         "threads": args.threads, "seeds": args.seeds, "models": args.models, "targets": args.targets,
         "samples_per_domain": args.samples_per_domain, "data_seed": args.data_seed, "training": training,
         "model_overrides": {name: demo_overrides(name) for name in args.models},
+        "training_overrides": {spec.name: spec.training_overrides for spec in specs},
         "table": table,
         "runs": [{"fold": r["fold"], "model": r["model"], "seed": int(r["seed"]), "results": r["paths"]["results"],
                   **run_metrics(r)} for r in summary["runs"]],

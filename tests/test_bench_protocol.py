@@ -96,3 +96,14 @@ def test_aggregate_hand_computed_and_overrides_accessor():
         bench.demo_overrides("la_softmoe", keyed)
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "bigmoe,vit"])
+
+
+def test_demo_spec_applies_per_model_training_changes(monkeypatch):
+    bench = _load()
+    monkeypatch.setattr(bench.demo_cli, "DEMO_TRAINING_OVERRIDES", {"bigmoe": {"num_train_epochs": 3,
+                                                                                  "learning_rate": 5e-4}},
+                        raising=False)
+    assert bench.demo_spec("bigmoe").training_overrides == {"num_train_epochs": 3, "learning_rate": 5e-4}
+    assert bench.demo_spec("bigmoe", epochs=1).training_overrides == {"learning_rate": 5e-4}  # --epochs wins
+    assert bench.demo_spec("baseline").training_overrides == {}
+    assert bench.demo_spec("baseline").image_size == bench.demo_spec("bigmoe").image_size == 64
