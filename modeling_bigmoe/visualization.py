@@ -795,6 +795,11 @@ def run_explain(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"explain: MODEL folder {args.model!r} does not exist")
     capture = _resolve_capture(args.inputs, args.depth, args.ir, args.capture)
     model, processor = load_fas_model(args.model)
+    model_type = model.config.model_type
+    if (args.usage or args.usage_synthetic) and model_type != "bigmoe":
+        shows = "the Soft MoE slots" if model_type == "la_softmoe" else "the alignment levels"
+        raise ValueError(f"explain: --usage / --usage-synthetic count PEER expert usage, which only BIG-MoE models "
+                         f"have; {args.model} is a {model_type!r} model (drop the flag: routing.png shows {shows})")
     explanation = explain_capture(model, processor, capture["rgb"], capture.get("depth"), capture.get("ir"),
                                   attentions=args.attention)
     out = Path(args.out)
@@ -833,7 +838,8 @@ def add_explain_parser(subparsers) -> argparse.ArgumentParser:
         description="Write inputs.png (the three modalities), routing.png (per block: gate top score, "
                     "top-expert cluster, prompt magnitude, optional CLS attention), summary.json and, with "
                     "--usage/--usage-synthetic, usage.png (experts fired and entropy per block).")
-    parser.add_argument("model", help="saved BIG-MoE model folder")
+    parser.add_argument("model", help="saved model folder (BIG-MoE; MMDA and La-SoftMoE: routing.png shows their "
+                                      "alignment levels / Soft MoE slots, no --usage)")
     parser.add_argument("inputs", help="an RGB image (with --depth / --ir), or a folder of captures "
                                        "(<name>_rgb|_depth|_ir.<ext> or rgb/ depth/ ir/ subfolders)")
     parser.add_argument("--out", required=True, help="output folder for the PNGs and summary.json")

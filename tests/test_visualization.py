@@ -364,3 +364,25 @@ def test_mmda_alignment_levels():
     summary = exp.summary()
     assert summary["model_type"] == "mmda" and len(summary["alignment_live"]) == levels.size
     assert render_routing(exp).shape[2] == 3 and render_inputs(exp).shape == (300, 750, 3)
+
+
+def test_explain_cli_mmda_and_usage_refused(tmp_path):
+    from modeling_bigmoe.hub_configs_mmda import tiny_config as mmda_tiny
+    from modeling_bigmoe.modeling_mmda import MmdaForFaceAntiSpoofing
+
+    MmdaForFaceAntiSpoofing(mmda_tiny()).save_pretrained(tmp_path / "mmda")
+    BigMoeImageProcessor(size=32).save_pretrained(tmp_path / "mmda")
+    rgb, depth, ir = _capture(4)
+    for name, array in (("rgb", rgb), ("depth", depth), ("ir", ir)):
+        Image.fromarray(array).save(tmp_path / f"x_{name}.png")
+    files = [str(tmp_path / "x_rgb.png"), "--depth", str(tmp_path / "x_depth.png"), "--ir", str(tmp_path / "x_ir.png")]
+    bad = _parser().parse_args(["explain", str(tmp_path / "mmda"), *files, "--out", str(tmp_path / "o1"),
+                                "--usage-synthetic", "4"])
+    with pytest.raises(ValueError, match="only BIG-MoE models have; .* is a 'mmda' model .*alignment levels"):
+        bad.func(bad)
+    assert not (tmp_path / "o1").exists()  # refused before anything is written
+    args = _parser().parse_args(["explain", str(tmp_path / "mmda"), *files, "--out", str(tmp_path / "o2")])
+    assert args.func(args) == 0
+    summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert summary["model_type"] == "mmda" and len(summary["alignment_live"]) == 15
+    assert (tmp_path / "o2" / "routing.png").read_bytes()[:4] == b"\x89PNG"
