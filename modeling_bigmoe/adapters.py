@@ -33,7 +33,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .clip_utils import clip_layer_parts, get_clip_encoder_layers, run_clip_attention
 from .layers_cdc import BigMoeConvPromptBypass, BigMoePromptGenerator, map_to_tokens, tokens_to_map
-from .layers_peer import BigMoeIsolatedGateAdapter, quick_gelu
+from .layers_peer import BigMoeIsolatedGateAdapter, quick_gelu, serial_small_ops
 
 __all__ = [
     "BigMoeRouting",
@@ -90,7 +90,8 @@ def clip_block_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One CLIP encoder layer with an optional parallel patch adapter; returns ``(hidden, attn_weights)``.
 
-    ``patch_adapter`` maps the post-LN2 patch tokens ``h[:, 1:]`` (b, m*N, d) to a delta of the same shape.
+    ``patch_adapter(h_patches, target=None)`` maps the post-LN2 patch tokens ``h[:, 1:]`` (b, m*N, d) to a delta of
+    the same shape and returns it; given ``target`` (the output's patch rows) it adds the delta into it in place.
 
     ``"preln"``: ``x <- x + Attn(LN1 x)``; ``h = LN2 x``; ``x <- x + MLP(h) + [0_cls; Z]``, ``Z = adapter(h_patches)``.
 
@@ -107,7 +108,7 @@ def clip_block_forward(
         out = x + clip_mlp_forward(mlp, h)
         if patch_adapter is not None:
             # in place on the patch rows (no copy of the stream); the sum's backward needs none of its inputs
-            out[:, 1:] += patch_adapter(h[:, 1:])
+            patch_adapter(h[:, 1:], out[:, 1:])
         return out, (attn_weights if output_attentions else None)
     if block_wiring == "reference":
         x = layer_norm1(hidden_states)
@@ -167,8 +168,8 @@ class BigMoeBlockAdapter(GradientCheckpointingLayer):
         """``hidden_states`` (b, 1+m*N, d), ``prompt_tokens`` (b, N, pd) -> (hidden, next_prompt, attn, routing)."""
         produced = {}
 
-        def igma(patches: torch.Tensor) -> torch.Tensor:
-            result = self.moe_adapter(patches, prompt_tokens, return_routing=output_routing)
+        def igma(patches: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+            result = self.moe_adapter(patches, prompt_tokens, return_routing=output_routing, accumulate_into=target)
             produced["gate"] = result[1]
             if output_routing:
                 produced["routing"] = BigMoeRouting(self.layer_idx, result[2], result[3])
@@ -179,11 +180,12 @@ class BigMoeBlockAdapter(GradientCheckpointingLayer):
             output_attentions=output_attentions)
         next_prompt = None
         if self.cpb is not None:
-            gate_map = tokens_to_map(produced["gate"], self.grid, legacy_transpose=self.legacy_transpose)
-            prompt_map = tokens_to_map(prompt_tokens, self.grid, legacy_transpose=self.legacy_transpose)
-            next_prompt = map_to_tokens(self.cpb(gate_map, prompt_map))
-            if self.prompt_residual:
-                next_prompt = next_prompt + prompt_tokens
+            with serial_small_ops():
+                gate_map = tokens_to_map(produced["gate"], self.grid, legacy_transpose=self.legacy_transpose)
+                prompt_map = tokens_to_map(prompt_tokens, self.grid, legacy_transpose=self.legacy_transpose)
+                next_prompt = map_to_tokens(self.cpb(gate_map, prompt_map))
+                if self.prompt_residual:
+                    next_prompt = next_prompt + prompt_tokens
         return hidden_states, next_prompt, attn_weights, produced.get("routing")
 
 

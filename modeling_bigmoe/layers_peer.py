@@ -17,13 +17,21 @@ Leaf layers take explicit keyword arguments and never see a model config.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BigMoeRMSNorm", "BigMoePEER", "BigMoeIsolatedGateAdapter", "quick_gelu"]
+__all__ = ["BigMoeRMSNorm", "BigMoePEER", "BigMoeIsolatedGateAdapter", "quick_gelu", "serial_small_ops"]
+
+
+_QUICK_GELU_SCALE = 1.702
+# IGMA's (b, m*N, hidden) projections run on one thread up to this many input elements (ViT-B/16 at batch 1:
+# 588 x 768 = 451 584); measured on 2 cores, a second thread only pays off from batch 2 on
+_SERIAL_MAX_NUMEL = 1 << 19
 
 
 class _QuickGELUFunction(torch.autograd.Function):
@@ -52,6 +60,49 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _QuickGELUFunction.apply(x)
     return (1.702 * x).sigmoid_().mul_(x)
+
+
+@contextlib.contextmanager
+def serial_small_ops(enabled: bool = True) -> Iterator[None]:
+    """Run a stretch of small CPU ops on the calling thread only (``torch.set_num_threads(1)``, restored after).
+
+    The adapters are many ops on tensors of a few thousand to a few hundred thousand elements; with several intra-op
+    threads each of them opens a parallel region (tiny GEMMs, convolutions, GELU and softmax split work far below the
+    size where a second thread pays off), and waking the sleeping workers costs ~40-80 us per op, more than the op.
+    Only the scheduling changes (on the reference model the logits came out bit-identical). No-op when ``enabled`` is
+    false or only one thread is in use; the thread count is restored on exit, errors included.
+    """
+    threads = torch.get_num_threads()
+    if not enabled or threads <= 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _cached_from_weights(owner: nn.Module, name: str, weights: tuple[torch.Tensor, ...], build):
+    """``build()`` computed once per state of ``weights`` and kept on ``owner`` (attribute ``name``, not state).
+
+    For the inference path only (the caller checks that no gradient can reach ``weights``): the value is
+    rebuilt when any weight is replaced or changes dtype, device or version (in-place updates such as an
+    optimizer step or ``load_state_dict`` bump ``_version``). It is built outside inference mode and autocast so
+    that it may also serve a later no-grad or autocast forward.
+    """
+    key = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+    cached = owner.__dict__.get(name)
+    if cached is not None and cached[1] == key and all(a is b for a, b in zip(cached[0], weights)):
+        return cached[2]
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(weights[0].device.type, enabled=False):
+        value = build()
+    owner.__dict__[name] = (weights, key, value)
+    return value
 
 
 class BigMoeRMSNorm(nn.Module):
@@ -185,12 +236,15 @@ class BigMoePEER(nn.Module):
                 f"BigMoePEER: gate must be {tuple(x.shape[:-1]) + (self.gate_dim,)}, got {tuple(gate.shape)}")
         scores, indices = self.route(gate)
         weights = scores.softmax(dim=-1)
-        # gather the experts' vectors: (b, n, h, k, d)
-        down = self.weight_down(indices)
-        up = self.weight_up(indices)
-        hidden = torch.einsum("bnd,bnhkd->bnhk", self.norm_x(x), down)
+        b, n, d = x.shape
+        hk = indices.shape[-2] * indices.shape[-1]
+        # gather the experts' vectors: (b*n, h*k, d)
+        down = self.weight_down(indices).view(b * n, hk, d)
+        up = self.weight_up(indices).view(b * n, hk, d)
+        # per token: (h*k, d) @ (d, 1) -> (h*k,) activations; (1, h*k) @ (h*k, d) -> (d,)
+        hidden = torch.bmm(down, self.norm_x(x).reshape(b * n, d, 1)).view(b, n, *indices.shape[-2:])
         hidden = self.dropout(F.gelu(hidden) * weights)
-        out = torch.einsum("bnhk,bnhkd->bnd", hidden, up)
+        out = torch.bmm(hidden.view(b * n, 1, hk), up).view(b, n, d)
         if return_routing:
             return out, indices, weights
         return out
@@ -267,8 +321,20 @@ class BigMoeIsolatedGateAdapter(nn.Module):
             nn.init.zeros_(self.up.bias)
         self.peer.reset_parameters(expert_init_std)
 
-    def forward(self, hidden_states: torch.Tensor, prompt_tokens: torch.Tensor, *, return_routing: bool = False):
-        """``hidden_states`` (b, m*N, hidden), ``prompt_tokens`` (b, N, prompt_dim) -> (delta, gate[, idx, w])."""
+    def forward(self, hidden_states: torch.Tensor, prompt_tokens: torch.Tensor, *, return_routing: bool = False,
+                accumulate_into: torch.Tensor | None = None):
+        """``hidden_states`` (b, m*N, hidden), ``prompt_tokens`` (b, N, prompt_dim) -> (delta, gate[, idx, w]).
+
+        With ``accumulate_into`` (a tensor shaped like ``hidden_states``, e.g. the stream's patch rows) the delta is
+        added into it in place and ``accumulate_into`` is returned in the delta's place. In float32 without autograd
+        or autocast this runs as ``silu_(c @ (1.702 W_up)^T + 1.702 b_up)`` added with ``alpha = 1/1.702`` (the scaled
+        weights are cached): the same QuickGELU (``x sigmoid(1.702 x) = silu(1.702 x) / 1.702``, equal to float
+        rounding) without the temporary buffers of the delta.
+        """
+        if accumulate_into is not None and accumulate_into.shape != hidden_states.shape:
+            raise ValueError(
+                f"BigMoeIsolatedGateAdapter: accumulate_into must have the shape of hidden_states "
+                f"{tuple(hidden_states.shape)}, got {tuple(accumulate_into.shape)}")
         b, mn, hid = hidden_states.shape
         m, r = self.num_modalities, self.bottleneck_dim
         if hid != self.hidden_size or mn % m:
@@ -280,15 +346,39 @@ class BigMoeIsolatedGateAdapter(nn.Module):
             raise ValueError(
                 f"BigMoeIsolatedGateAdapter: prompt_tokens must be {(b, n, self.prompt_dim)}, "
                 f"got {tuple(prompt_tokens.shape)}")
+        # the down/up projections touch (b, m*N, hidden): on one thread while that is small; the rest (tensors of
+        # b*N rows of at most prompt_dim) always on one thread
+        with serial_small_ops(hidden_states.numel() <= _SERIAL_MAX_NUMEL):
+            return self._forward(hidden_states, prompt_tokens, return_routing, accumulate_into)
+
+    def _forward(self, hidden_states, prompt_tokens, return_routing, accumulate_into):
+        b, mn, _ = hidden_states.shape
+        m, r = self.num_modalities, self.bottleneck_dim
+        n = mn // m
         # expert input C: per location, the m modalities' r-vectors side by side: (b, N, m*r)
-        c = quick_gelu(self.down(hidden_states)).view(b, m, n, r).transpose(1, 2).reshape(b, n, m * r)
-        # isolated gate: (b, N, 2r)
-        gate = torch.cat([quick_gelu(self.gate_fuse(c)), quick_gelu(self.gate_prompt(prompt_tokens))], dim=-1)
-        routed = self.peer(c, gate, return_routing=return_routing)
-        c_out = routed[0] if return_routing else routed
-        # back to the stream, modality-major: (b, m*N, r) -> (b, m*N, hidden)
-        c_out = c_out.view(b, n, m, r).transpose(1, 2).reshape(b, m * n, r)
-        delta = quick_gelu(self.up(self.dropout(c_out)))
+        c = quick_gelu(self.down(hidden_states))
+        with serial_small_ops():
+            c = c.view(b, m, n, r).transpose(1, 2).reshape(b, n, m * r)
+            # isolated gate: (b, N, 2r)
+            gate = quick_gelu(torch.cat([self.gate_fuse(c), self.gate_prompt(prompt_tokens)], dim=-1))
+            routed = self.peer(c, gate, return_routing=return_routing)
+            c_out = routed[0] if return_routing else routed
+            # back to the stream, modality-major: (b, m*N, r) -> (b, m*N, hidden)
+            c_out = self.dropout(c_out.view(b, n, m, r).transpose(1, 2).reshape(b, m * n, r))
+        if accumulate_into is None:
+            delta = quick_gelu(self.up(c_out))
+        elif (_needs_grad(c_out, accumulate_into, self.up.weight, self.up.bias) or c_out.dtype != torch.float32
+              or torch.is_autocast_enabled(c_out.device.type)):
+            delta = accumulate_into.add_(quick_gelu(self.up(c_out)))
+        else:
+            weight, bias = _cached_from_weights(self, "_scaled_up_cache", (self.up.weight, self.up.bias),
+                                                self._build_scaled_up)
+            scaled = F.silu(F.linear(c_out, weight, bias), inplace=True)
+            delta = accumulate_into.add_(scaled, alpha=1.0 / _QUICK_GELU_SCALE)
         if return_routing:
             return delta, gate, routed[1], routed[2]
         return delta, gate
+
+    def _build_scaled_up(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1.702 W_up, 1.702 b_up)`` for the inference path of :meth:`forward` with ``accumulate_into``."""
+        return self.up.weight * _QUICK_GELU_SCALE, self.up.bias * _QUICK_GELU_SCALE

@@ -116,3 +116,22 @@ def test_reference_parameter_counts():
     gen = sum(p.numel() for p in BigMoePromptGenerator().parameters())
     assert gen == 9 * 3 * 9 + 9 * 3 * 224 * 224 + 9 * 64 * 256 + 64
     assert abs(gen - 1.50e6) / 1.5e6 < 0.03
+
+
+def test_small_map_conv2d_matches_conv2d():
+    """Batch-1 float32 maps go to oneDNN without autograd (same values to float rounding); with autograd, for
+    larger batches and under autocast it is F.conv2d itself."""
+    from modeling_bigmoe.layers_cdc import _small_map_conv2d
+
+    torch.manual_seed(14)
+    x, w = torch.randn(1, 80, 14, 14), torch.randn(128, 80, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(_small_map_conv2d(x, w, 1), F.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-4)
+        xb = torch.randn(2, 80, 14, 14)
+        assert torch.equal(_small_map_conv2d(xb, w, 1), F.conv2d(xb, w, padding=1))
+    wg = w.clone().requires_grad_(True)
+    y = _small_map_conv2d(x, wg, 1)
+    assert y.grad_fn is not None
+    assert torch.equal(y.detach(), F.conv2d(x, w, padding=1))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _small_map_conv2d(x, w, 1).dtype == torch.bfloat16

@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_bigmoe.layers_peer import BigMoeIsolatedGateAdapter, BigMoePEER, BigMoeRMSNorm, quick_gelu
+from modeling_bigmoe.layers_peer import (
+    BigMoeIsolatedGateAdapter,
+    BigMoePEER,
+    BigMoeRMSNorm,
+    quick_gelu,
+    serial_small_ops,
+)
 
 
 def _brute_force(peer: BigMoePEER, gate: torch.Tensor):
@@ -135,3 +141,71 @@ def test_reference_parameter_count():
     peer = sum(p.numel() for p in adapter.peer.parameters())
     assert peer == 2 * 1600 * 24 + 2 * 40 * 2 * 8 + 16 * 32 + 24 + 16  # tables, keys, queries, 2 norms
     assert math.isclose(peer, 79_000, rel_tol=0.02)
+
+
+def test_serial_small_ops_sets_one_thread_and_restores():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with serial_small_ops():
+            assert torch.get_num_threads() == 1
+            with serial_small_ops():  # nested: stays at 1, restores nothing early
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with serial_small_ops(enabled=False):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"):
+            with serial_small_ops():
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2  # restored on error
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _small_igma(seed: int) -> BigMoeIsolatedGateAdapter:
+    torch.manual_seed(seed)
+    return BigMoeIsolatedGateAdapter(10, num_modalities=3, bottleneck_dim=2, prompt_dim=5, num_experts=16, key_dim=2,
+                                     dropout=0.0).eval()
+
+
+def test_igma_accumulate_into_matches_delta():
+    """No grad: the fused silu path adds the same delta (1e-6) and returns the target; routing and gate unchanged."""
+    adapter = _small_igma(11)
+    x, prompt, base = torch.randn(2, 12, 10), torch.randn(2, 4, 5), torch.randn(2, 12, 10)
+    with torch.no_grad():
+        delta, gate, idx, w = adapter(x, prompt, return_routing=True)
+        target = base.clone()
+        out, gate2, idx2, w2 = adapter(x, prompt, return_routing=True, accumulate_into=target)
+    assert out is target
+    torch.testing.assert_close(target, base + delta, rtol=1e-6, atol=1e-6)
+    assert torch.equal(gate, gate2) and torch.equal(idx, idx2) and torch.equal(w, w2)
+    # the scaled up-projection is cached and follows an in-place weight update
+    with torch.no_grad():
+        adapter.up.weight.mul_(2.0)
+        delta = adapter(x, prompt)[0]
+        target = base.clone()
+        adapter(x, prompt, accumulate_into=target)
+    torch.testing.assert_close(target, base + delta, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="accumulate_into"):
+        adapter(x, prompt, accumulate_into=torch.zeros(2, 11, 10))
+
+
+def test_igma_accumulate_into_with_autograd_is_the_plain_sum():
+    """With autograd the target gets exactly ``quick_gelu(up(.))`` added; values and gradients as ``base + delta``."""
+    adapter = _small_igma(12)
+    x, prompt = torch.randn(2, 12, 10), torch.randn(2, 4, 5)
+    base = torch.randn(2, 13, 10, requires_grad=True)
+    ref = base * 1.0
+    ref = torch.cat([ref[:, :1], ref[:, 1:] + adapter(x, prompt)[0]], dim=1)
+    (ref ** 2).sum().backward()
+    grads = [p.grad.clone() for p in adapter.parameters()] + [base.grad.clone()]
+    adapter.zero_grad()
+    base.grad = None
+    stream = base * 1.0
+    adapter(x, prompt, accumulate_into=stream[:, 1:])
+    assert torch.equal(stream, ref)
+    (stream ** 2).sum().backward()
+    for got, want in zip([p.grad for p in adapter.parameters()] + [base.grad], grads):
+        torch.testing.assert_close(got, want)
+
