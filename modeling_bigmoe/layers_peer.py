@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -70,10 +71,12 @@ def serial_small_ops(enabled: bool = True) -> Iterator[None]:
     threads each of them opens a parallel region (tiny GEMMs, convolutions, GELU and softmax split work far below the
     size where a second thread pays off), and waking the sleeping workers costs ~40-80 us per op, more than the op.
     Only the scheduling changes (on the reference model the logits came out bit-identical). No-op when ``enabled`` is
-    false or only one thread is in use; the thread count is restored on exit, errors included.
+    false, when only one thread is in use, or off the main thread: the thread count is process-wide state, so two
+    threads (a web server's workers, say) saving and restoring it around each other could leave it at 1; on the
+    main thread the count is restored on exit, errors included.
     """
     threads = torch.get_num_threads()
-    if not enabled or threads <= 1:
+    if not enabled or threads <= 1 or threading.current_thread() is not threading.main_thread():
         yield
         return
     torch.set_num_threads(1)

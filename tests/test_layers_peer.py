@@ -1,5 +1,6 @@
 """Leaf-layer tests for the product-key experts (PEER) and the isolated-gate adapter (IGMA)."""
 import math
+import threading
 
 import pytest
 import torch
@@ -159,6 +160,17 @@ def test_serial_small_ops_sets_one_thread_and_restores():
             with serial_small_ops():
                 raise RuntimeError("boom")
         assert torch.get_num_threads() == 2  # restored on error
+        # off the main thread it leaves the process-wide count alone (worker threads of a server)
+        seen = []
+
+        def worker():
+            with serial_small_ops():
+                seen.append(torch.get_num_threads())
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert seen == [2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
 
