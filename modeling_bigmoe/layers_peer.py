@@ -339,7 +339,7 @@ class BigMoeIsolatedGateAdapter(nn.Module):
                 f"BigMoeIsolatedGateAdapter: accumulate_into must have the shape of hidden_states "
                 f"{tuple(hidden_states.shape)}, got {tuple(accumulate_into.shape)}")
         b, mn, hid = hidden_states.shape
-        m, r = self.num_modalities, self.bottleneck_dim
+        m = self.num_modalities
         if hid != self.hidden_size or mn % m:
             raise ValueError(
                 f"BigMoeIsolatedGateAdapter: hidden_states must be (b, {m}*N, {self.hidden_size}), "
