@@ -6,11 +6,26 @@ and ``model_tester`` (an object with ``get_config(**overrides)`` and ``prepare_i
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str, module_name: str):
+    """Import a script of the repository (``benchmarks/…``, ``examples/…``) that is not a package module; it is
+    registered in ``sys.modules`` under ``module_name`` (dataclasses defined in it need that)."""
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def clone_inputs(inputs: dict) -> dict:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
+from common import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_model.py", "bench_model")
 
 
 def test_bench_model_quick_runs_and_reports(capsys):

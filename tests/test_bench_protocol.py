@@ -3,22 +3,19 @@ hold exactly what the per-run ``results.json`` files say."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from common import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_protocol.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_protocol", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_protocol.py", "bench_protocol")
 
 
 def test_bench_protocol_quick_table_matches_results_json(tmp_path, monkeypatch, capsys):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from common import load_script
 from hub_fixtures import local_hub  # noqa: F401  (pytest fixture)
 from PIL import Image
 from safetensors.torch import load_file
@@ -34,11 +34,7 @@ BIN = os.path.dirname(sys.executable)
 
 def _example(name: str):
     """Import examples/<name>.py as a module (registered in sys.modules: its dataclasses need it)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"examples/{name}.py", f"example_{name}")
 
 
 def _free_port() -> int:
