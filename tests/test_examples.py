@@ -270,7 +270,7 @@ def test_every_trainable_parameter_is_used_under_modality_dropout():
 
 
 FSDP_SCRIPT = r'''
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from modeling_bigmoe import BigMoeForFaceAntiSpoofing
@@ -294,7 +294,9 @@ for name, classes in (("adapter", (BigMoeBlockAdapter,)), ("adapter+clip", (BigM
     except Exception as exc:
         report.write(f"{name} rank {dist.get_rank()} fail {type(exc).__name__}\n")
 report.close()
-dist.destroy_process_group()
+# the failing configuration leaves gloo's threads in a broken state, and tearing the group down then aborts the
+# process now and then ("terminate called without an active exception"): leave without the teardown
+os._exit(0)
 '''
 
 
