@@ -96,9 +96,17 @@ def _cached_from_weights(owner: nn.Module, name: str, weights: tuple[torch.Tenso
     For the inference path only (the caller checks that no gradient can reach ``weights``): the value is
     rebuilt when any weight is replaced or changes dtype, device or version (in-place updates such as an
     optimizer step or ``load_state_dict`` bump ``_version``). It is built outside inference mode and autocast so
-    that it may also serve a later no-grad or autocast forward.
+    that it may also serve a later no-grad or autocast forward. Weights without a version counter (plain tensors
+    made in inference mode) are never cached.
     """
-    key = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+    try:
+        key = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+    except RuntimeError:
+        # a plain tensor made inside torch.inference_mode has no version counter, so a cache could not notice an
+        # in-place update: build the value afresh, uncached
+        owner.__dict__.pop(name, None)
+        with torch.no_grad(), torch.autocast(weights[0].device.type, enabled=False):
+            return build()
     cached = owner.__dict__.get(name)
     if cached is not None and cached[1] == key and all(a is b for a, b in zip(cached[0], weights)):
         return cached[2]

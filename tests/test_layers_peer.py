@@ -10,6 +10,7 @@ from modeling_bigmoe.layers_peer import (
     BigMoeIsolatedGateAdapter,
     BigMoePEER,
     BigMoeRMSNorm,
+    _cached_from_weights,
     quick_gelu,
     serial_small_ops,
 )
@@ -221,3 +222,27 @@ def test_igma_accumulate_into_with_autograd_is_the_plain_sum():
     for got, want in zip([p.grad for p in adapter.parameters()] + [base.grad], grads):
         torch.testing.assert_close(got, want)
 
+
+
+def test_weight_cache_with_inference_tensors():
+    # a plain tensor made in torch.inference_mode has no version counter: the cache must build afresh, uncached
+    owner = torch.nn.Module()
+    calls = []
+
+    def build():
+        calls.append(1)
+        return weight * 2
+
+    with torch.inference_mode():
+        weight = torch.ones(3)
+    for _ in range(2):
+        torch.testing.assert_close(_cached_from_weights(owner, "_c", (weight,), build), torch.full((3,), 2.0))
+    assert len(calls) == 2 and "_c" not in owner.__dict__
+    normal = torch.ones(3)
+    weight = normal
+    _cached_from_weights(owner, "_c", (weight,), build)
+    _cached_from_weights(owner, "_c", (weight,), build)
+    assert len(calls) == 3 and "_c" in owner.__dict__  # an ordinary tensor is cached
+    weight.mul_(3)  # an in-place update bumps the version: rebuilt
+    torch.testing.assert_close(_cached_from_weights(owner, "_c", (weight,), build), torch.full((3,), 6.0))
+    assert len(calls) == 4
