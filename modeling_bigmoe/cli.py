@@ -143,7 +143,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: synthetic benchmark, Protocol 1, BIG-MoE vs the baseline, MMDA and
     La-SoftMoE. With ``--jobs N`` > 1 the (fold, model) runs are shared among N worker processes of
     ``--threads`` torch threads each (longest first); the results are the same as in one process."""
-    from .runner import protocol_folds_for, run_protocol, summarise, write_protocol_summary
+    from .runner import run_protocol
     from .synthetic import load_synthetic_benchmark
 
     start = time.perf_counter()
@@ -167,8 +167,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary = run_protocol(bench, protocol="P1", models=models, output_dir=args.output_dir, training=training,
                                seeds=[args.seed], progress=not args.no_progress)
     else:
-        summary = _run_demo_parallel(args, bench, names, training, jobs, threads, protocol_folds_for, summarise,
-                                     write_protocol_summary)
+        summary = _run_demo_parallel(args, bench, names, training, jobs, threads)
     print()
     print(summary["markdown"])
     print(f"Per-run results, ROC/DET plots and model cards: {args.output_dir}/<fold>/<model>/seed{args.seed}/")
@@ -178,16 +177,16 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_demo_parallel(args, bench, names, training, jobs, threads, protocol_folds_for, summarise,
-                       write_protocol_summary) -> dict:
+def _run_demo_parallel(args, bench, names, training, jobs, threads) -> dict:
+    """The demo's (fold, model) runs in ``jobs`` spawned workers; the summary as :func:`run_protocol` writes it."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from .runner import benchmark_domains, protocol_folds_for, summarise, write_protocol_summary
     from .training import check_output_dir
 
     check_output_dir(args.output_dir)
-    domains = sorted(set().union(*(set(s.with_format(None).unique("domain")) for s in bench.values())))
-    folds = protocol_folds_for("P1", domains)
+    folds = protocol_folds_for("P1", benchmark_domains(bench))
     tasks = [{"model": name, "target": fold.targets[0], "fold": fold.name, "output_dir": args.output_dir,
               "training": training, "epochs": args.epochs, "seed": args.seed, "threads": threads,
               "samples_per_domain": args.samples_per_domain, "data_seed": args.data_seed}

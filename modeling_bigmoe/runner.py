@@ -27,7 +27,7 @@ from .training import atomic_write_text, check_output_dir, fas_training_argument
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_CHOICES", "ModelSpec", "model_spec", "protocol_folds_for", "run_protocol", "summarise",
+__all__ = ["MODEL_CHOICES", "ModelSpec", "benchmark_domains", "model_spec", "protocol_folds_for", "run_protocol", "summarise",
            "write_protocol_summary"]
 
 MODEL_CHOICES = ("bigmoe", "baseline", "mmda", "la_softmoe")
@@ -173,10 +173,13 @@ def protocol_folds_for(protocol: str | int, domains: Sequence[str], *, targets: 
     raise ValueError(f"unknown protocol {protocol!r}; choose P1, P2 or P3")
 
 
+def benchmark_domains(benchmark) -> list[str]:
+    """The sorted ``domain`` values found in any split of a benchmark ``DatasetDict``."""
+    return sorted(set().union(*(set(split.with_format(None).unique("domain")) for split in benchmark.values())))
+
+
 def _check_domains(benchmark, folds: Sequence[Fold]) -> None:
-    available = set()
-    for split in benchmark.values():
-        available.update(split.with_format(None).unique("domain"))
+    available = set(benchmark_domains(benchmark))
     for fold in folds:
         unknown = sorted(set(fold.domains) - available)
         if unknown:
@@ -224,7 +227,7 @@ def run_protocol(
     output_dir = check_output_dir(output_dir)
     if not models:
         raise ValueError("run_protocol: no model to train (models is empty)")
-    domains = sorted(set().union(*(set(s.with_format(None).unique("domain")) for s in benchmark.values())))
+    domains = benchmark_domains(benchmark)
     folds = protocol_folds_for(protocol, domains, targets=targets, pairs=pairs)
     _check_domains(benchmark, folds)
     p2 = str(protocol).upper().lstrip("P") == "2"
