@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
+
+from .hub_configs import atomic_write_text
 
 __all__ = ["CLIP_BPE_NAME", "CLIP_NUM_MERGES", "bytes_to_unicode", "read_clip_bpe_merges",
            "write_clip_tokenizer_files", "main"]
@@ -102,10 +102,7 @@ def write_clip_tokenizer_files(source: str | os.PathLike, directory: str | os.Pa
         "tokenizer_config.json": json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77}),
     }
     for name, text in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-        with io.open(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
     return out
 
 
