@@ -96,14 +96,12 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PROCESSOR_NAME = "preprocessor_config.json"
 CARD_NAME = "README.md"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-_ARCHITECTURES = {cls.__name__: cls for cls in (BigMoeForFaceAntiSpoofing, BigMoeModel, MmdaForFaceAntiSpoofing,
-                                                 LaSoftMoeForFaceAntiSpoofing)}
-# model_type -> (display name, default architecture) of the checkpoints this module pushes and pulls
-MODEL_TYPES = {
-    "bigmoe": ("BIG-MoE", "BigMoeForFaceAntiSpoofing"),
-    "mmda": ("MMDA", "MmdaForFaceAntiSpoofing"),
-    "la_softmoe": ("La-SoftMoE CLIP", "LaSoftMoeForFaceAntiSpoofing"),
-}
+_CLASSIFIERS = (BigMoeForFaceAntiSpoofing, MmdaForFaceAntiSpoofing, LaSoftMoeForFaceAntiSpoofing)
+_ARCHITECTURES = {cls.__name__: cls for cls in (*_CLASSIFIERS, BigMoeModel)}
+# model_type -> the class a checkpoint without ``architectures`` loads as
+_DEFAULT_ARCHITECTURE = {cls.config_class.model_type: cls.__name__ for cls in _CLASSIFIERS}
+# model_type -> display name, for the checkpoints this module pushes and pulls
+MODEL_TYPES = {"bigmoe": "BIG-MoE", "mmda": "MMDA", "la_softmoe": "La-SoftMoE CLIP"}
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -242,7 +240,7 @@ def _read_json(path: str, source: str) -> dict:
 def _check_model_type(config: dict, source: str, allowed: Sequence[str] = tuple(MODEL_TYPES)) -> str:
     model_type = config.get("model_type")
     if model_type not in allowed:
-        names = ", ".join(f"{MODEL_TYPES[t][0]} ({t!r})" for t in allowed)
+        names = ", ".join(f"{MODEL_TYPES[t]} ({t!r})" for t in allowed)
         raise CheckpointError(
             f"{source} is a checkpoint of model type {model_type!r}, not {names}; "
             "load it with its own class (e.g. transformers.AutoModel)")
@@ -273,7 +271,7 @@ def load_checkpoint(repo_or_dir: str | os.PathLike, *, revision: str | None = No
     config = _read_json(config_path, f"{where} {CONFIG_NAME}")
     model_type = _check_model_type(config, where)
     check_bigmoe_version(config.get(VERSION_KEY), source=f"{where} {CONFIG_NAME}")
-    architectures = config.get("architectures") or [MODEL_TYPES[model_type][1]]
+    architectures = config.get("architectures") or [_DEFAULT_ARCHITECTURE[model_type]]
     model_class = _ARCHITECTURES.get(architectures[0])
     if model_class is None or model_class.config_class.model_type != model_type:
         raise CheckpointError(f"{where} {CONFIG_NAME}: architectures {architectures} is not one of "
@@ -626,7 +624,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, adapter_only: bool = F
         kind = "adapter-only" if adapter_only else "full"
         commit = upload_folder(repo_id=repo, folder_path=str(stage), revision=revision, token=token,
                                commit_message=commit_message or
-                               f"Upload {MODEL_TYPES[config.model_type][0]} ({kind}) from {run_dir.name}",
+                               f"Upload {MODEL_TYPES[config.model_type]} ({kind}) from {run_dir.name}",
                                delete_patterns=delete_patterns)
     return commit
 
